@@ -1,0 +1,130 @@
+"""Hooks around the training loop: early stopping, logging, progress bars.
+
+A callback is a plain object; every hook does nothing unless overridden. The
+engine passes its :class:`~torchclf.engine.TrainState`, which callbacks may read
+and whose ``stop`` flag they may set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchclf.engine import TrainState
+
+
+class Callback:
+    """Base class: override the hooks you need."""
+
+    def on_train_begin(self, state: TrainState) -> None: ...
+
+    def on_epoch_begin(self, state: TrainState) -> None: ...
+
+    def on_epoch_end(self, state: TrainState) -> None: ...
+
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored validation loss has not improved for ``patience``
+    evaluations, and restore the best weights at the end.
+
+    With ``patience`` 0 it never stops early but still restores the best
+    weights seen, when a validation set exists.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 1e-4, restore_best: bool = True):
+        self.patience = patience
+        self.min_delta = min_delta
+        self.restore_best = restore_best
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.best_state: dict | None = None
+        self.bad_evals = 0
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        loss = state.last.get("val_loss")
+        if loss is None:
+            return
+        if loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch, self.bad_evals = loss, state.epoch, 0
+            if self.restore_best:
+                self.best_state = copy.deepcopy(state.model.state_dict())
+        else:
+            self.bad_evals += 1
+            if self.patience and self.bad_evals >= self.patience:
+                state.stop = True
+                state.stop_reason = (
+                    f"early stopping: validation loss has not improved for {self.patience} "
+                    f"evaluation(s); best at epoch {self.best_epoch}"
+                )
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.restore_best and self.best_state is not None and self.best_epoch != state.epoch:
+            state.model.load_state_dict(self.best_state)
+            state.best_epoch = self.best_epoch
+        elif self.best_state is not None:
+            state.best_epoch = self.best_epoch
+
+
+def format_epoch(row: dict) -> str:
+    """One log line in the tutorial's style, accuracies as fractions."""
+    parts = [f"Epoch {row['epoch']:>4}", f"loss {row['train_loss']:.5f}", f"acc {row['train_accuracy']:.4f}"]
+    if row.get("val_loss") is not None:
+        parts += [f"val_loss {row['val_loss']:.5f}", f"val_acc {row['val_accuracy']:.4f}"]
+    return " | ".join(parts)
+
+
+class EpochLogger(Callback):
+    """Print a line every ``every`` epochs (and at the last), like the tutorial's loop."""
+
+    def __init__(self, every: int, write: Callable[[str], None] | None = None):
+        self.every = max(1, every)
+        self.write = write or (lambda line: print(line, file=sys.stderr))
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.epoch % self.every == 0 or state.epoch == state.config.epochs or state.stop:
+            self.write(format_epoch(state.last))
+
+    def on_train_end(self, state: TrainState) -> None:
+        if state.stop_reason:
+            self.write(state.stop_reason)
+
+
+class ProgressBar(Callback):
+    """A rich progress bar over epochs, shown only on an interactive terminal."""
+
+    def __init__(self, console=None):
+        self.console = console
+        self.progress = None
+        self.task_id = None
+
+    def on_train_begin(self, state: TrainState) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = self.console or Console(stderr=True)
+        if not console.is_terminal:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task_id = self.progress.add_task("train", total=state.config.epochs, status="")
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, advance=1, status=format_epoch(state.last)[10:])
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,0 +1,228 @@
+"""Built-in datasets: scikit-learn's generators and bundled sets (never downloaded).
+
+A dataset is named by a spec such as ``moons`` or ``moons:noise=0.07,n_samples=500,seed=1``;
+the part after the colon overrides the generator's parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from torchclf.errors import TorchclfError, closest
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A named generator with its default parameters and a one-line description."""
+
+    name: str
+    description: str
+    make: Callable[..., tuple[pd.DataFrame, pd.Series | pd.DataFrame]]
+    defaults: dict
+
+
+def _xy_frame(X: np.ndarray, prefix: str = "x") -> pd.DataFrame:
+    return pd.DataFrame(X.astype(np.float64), columns=[f"{prefix}{i}" for i in range(X.shape[1])])
+
+
+def _circles(n_samples: int, noise: float, factor: float, seed: int):
+    from sklearn.datasets import make_circles
+
+    X, y = make_circles(n_samples=n_samples, noise=noise, factor=factor, random_state=seed)
+    return _xy_frame(X), pd.Series(y, name="label")
+
+
+def _moons(n_samples: int, noise: float, seed: int):
+    from sklearn.datasets import make_moons
+
+    X, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed)
+    return _xy_frame(X), pd.Series(y, name="label")
+
+
+def _blobs(n_samples: int, centers: int, cluster_std: float, n_features: int, seed: int):
+    from sklearn.datasets import make_blobs
+
+    X, y = make_blobs(
+        n_samples=n_samples,
+        n_features=n_features,
+        centers=centers,
+        cluster_std=cluster_std,
+        random_state=seed,
+    )
+    return _xy_frame(X), pd.Series(y, name="label")
+
+
+def _spirals(points_per_class: int, classes: int, noise: float, seed: int):
+    """The CS231n spiral: ``classes`` arms of ``points_per_class`` points each."""
+    rng = np.random.default_rng(seed)
+    X = np.zeros((points_per_class * classes, 2))
+    y = np.zeros(points_per_class * classes, dtype=np.int64)
+    for k in range(classes):
+        rows = slice(points_per_class * k, points_per_class * (k + 1))
+        radius = np.linspace(0.0, 1.0, points_per_class)
+        theta = np.linspace(k * 4.0, (k + 1) * 4.0, points_per_class)
+        theta = theta + rng.normal(size=points_per_class) * noise
+        X[rows] = np.c_[radius * np.sin(theta), radius * np.cos(theta)]
+        y[rows] = k
+    return _xy_frame(X), pd.Series(y, name="label")
+
+
+def _xor(n_samples: int, noise: float, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1.0, 1.0, size=(n_samples, 2))
+    y = ((X[:, 0] > 0) ^ (X[:, 1] > 0)).astype(np.int64)
+    X = X + rng.normal(scale=noise, size=X.shape)
+    return _xy_frame(X), pd.Series(y, name="label")
+
+
+def _multilabel(n_samples: int, n_features: int, n_classes: int, n_labels: int, seed: int):
+    from sklearn.datasets import make_multilabel_classification
+
+    X, Y = make_multilabel_classification(
+        n_samples=n_samples,
+        n_features=n_features,
+        n_classes=n_classes,
+        n_labels=n_labels,
+        random_state=seed,
+    )
+    target = pd.DataFrame(Y.astype(np.int64), columns=[f"label_{i}" for i in range(n_classes)])
+    return _xy_frame(X), target
+
+
+def _bundled(loader_name: str, string_labels: bool):
+    def make():
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, loader_name)(as_frame=True)
+        X = bunch.data.astype(np.float64)
+        y = bunch.target
+        if string_labels:
+            y = pd.Series(np.asarray(bunch.target_names)[y.to_numpy()], name="label")
+        else:
+            y = pd.Series(y.to_numpy(), name="label")
+        return X.reset_index(drop=True), y
+
+    return make
+
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
+    d.name: d
+    for d in [
+        BuiltinDataset(
+            "circles",
+            "two concentric circles, binary (the tutorial's: 1000 samples, noise 0.03)",
+            _circles,
+            {"n_samples": 1000, "noise": 0.03, "factor": 0.8, "seed": 42},
+        ),
+        BuiltinDataset(
+            "moons",
+            "two interleaving half-moons, binary",
+            _moons,
+            {"n_samples": 1000, "noise": 0.2, "seed": 42},
+        ),
+        BuiltinDataset(
+            "blobs",
+            "Gaussian blobs, multiclass (the tutorial's: 4 centres, std 1.5)",
+            _blobs,
+            {"n_samples": 1000, "centers": 4, "cluster_std": 1.5, "n_features": 2, "seed": 42},
+        ),
+        BuiltinDataset(
+            "spirals",
+            "the CS231n spiral, multiclass (3 arms of 300 points)",
+            _spirals,
+            {"points_per_class": 300, "classes": 3, "noise": 0.2, "seed": 42},
+        ),
+        BuiltinDataset(
+            "xor",
+            "four quadrants labelled by XOR, binary",
+            _xor,
+            {"n_samples": 1000, "noise": 0.05, "seed": 42},
+        ),
+        BuiltinDataset(
+            "multilabel",
+            "scikit-learn's multilabel generator: 20 features, 5 labels",
+            _multilabel,
+            {"n_samples": 1000, "n_features": 20, "n_classes": 5, "n_labels": 2, "seed": 42},
+        ),
+        BuiltinDataset("iris", "scikit-learn's iris flowers: 150 rows, 3 classes", _bundled("load_iris", True), {}),
+        BuiltinDataset("wine", "scikit-learn's wine: 178 rows, 13 features, 3 classes", _bundled("load_wine", True), {}),
+        BuiltinDataset(
+            "breast_cancer",
+            "scikit-learn's breast cancer: 569 rows, 30 features, binary",
+            _bundled("load_breast_cancer", True),
+            {},
+        ),
+        BuiltinDataset("digits", "scikit-learn's 8x8 digits: 1797 rows, 64 features, 10 classes", _bundled("load_digits", False), {}),
+    ]
+}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``name:key=value,key=value`` into the name and its raw overrides."""
+    name, _, rest = spec.partition(":")
+    overrides: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise TorchclfError(
+                f"dataset spec {spec!r}: expected key=value after ':', got {item!r} "
+                "(example: moons:noise=0.07,n_samples=500)"
+            )
+        overrides[key.strip()] = value.strip()
+    return name.strip(), overrides
+
+
+def _coerce(name: str, key: str, raw: str, default):
+    try:
+        return type(default)(float(raw)) if isinstance(default, int) else type(default)(raw)
+    except ValueError:
+        raise TorchclfError(
+            f"dataset {name!r}: {key}={raw!r} is not a valid {type(default).__name__}"
+        ) from None
+
+
+def is_builtin(spec: str) -> bool:
+    return parse_spec(spec)[0] in BUILTIN_DATASETS
+
+
+def load_builtin(spec: str):
+    """Build a built-in dataset from its spec.
+
+    Returns
+    -------
+    features : DataFrame of shape (n_samples, n_features)
+    target : Series of shape (n_samples,) or DataFrame of shape (n_samples, n_labels)
+    params : dict
+        The generator parameters actually used (defaults plus overrides).
+    """
+    name, overrides = parse_spec(spec)
+    if name not in BUILTIN_DATASETS:
+        hint = closest(name, BUILTIN_DATASETS)
+        raise TorchclfError(
+            f"unknown dataset {name!r}: not a file and not a built-in dataset"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + " (run `torchclf datasets` for the list)"
+        )
+    ds = BUILTIN_DATASETS[name]
+    params = dict(ds.defaults)
+    for key, raw in overrides.items():
+        if key not in params:
+            allowed = ", ".join(params) or "none"
+            raise TorchclfError(f"dataset {name!r} has no parameter {key!r} (parameters: {allowed})")
+        params[key] = _coerce(name, key, raw, params[key])
+        if isinstance(params[key], (int, float)) and params[key] < 0:
+            raise TorchclfError(f"dataset {name!r}: {key} must be >= 0, got {raw}")
+    features, target = ds.make(**params)
+    return features, target, params
+
+
+def describe_builtin() -> list[tuple[str, str, str]]:
+    """(name, description, default parameters) for each built-in dataset."""
+    return [
+        (d.name, d.description, ",".join(f"{k}={v}" for k, v in d.defaults.items()))
+        for d in BUILTIN_DATASETS.values()
+    ]

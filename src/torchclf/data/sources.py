@@ -1,0 +1,199 @@
+"""Reading CSV/Parquet files and DataFrames into a :class:`Dataset`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from torchclf.data.builtin import is_builtin, load_builtin
+from torchclf.data.dataset import Dataset
+from torchclf.errors import TorchclfError, closest
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+class DataWarning(UserWarning):
+    """Something about the data was fixed up on the user's behalf (rows dropped, ...)."""
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a ``.csv`` or ``.parquet`` file into a DataFrame, with one-line errors."""
+    path = Path(path)
+    if not path.exists():
+        raise TorchclfError(f"{path}: no such file (check the path)")
+    if path.is_dir():
+        raise TorchclfError(f"{path}: is a folder, expected a .csv or .parquet file")
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise TorchclfError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; use a .csv or .parquet file"
+        )
+    try:
+        if suffix == ".csv":
+            frame = _read_csv(path)
+        else:
+            frame = pd.read_parquet(path)
+    except TorchclfError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise TorchclfError(
+            f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise TorchclfError(f"{path}: the file is empty; expected a header row and data rows") from None
+    except (pd.errors.ParserError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TorchclfError(f"{path}: cannot be read as {suffix[1:]}: {first}") from None
+    if frame.columns.duplicated().any():
+        dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise TorchclfError(f"{path}: duplicate column names {dupes}; rename them so each is unique")
+    if len(frame) == 0:
+        raise TorchclfError(f"{path}: has a header but no data rows")
+    return frame
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # pandas silently renames duplicate headers ("a", "a.1"); read the header
+    # ourselves first so duplicates are reported rather than hidden.
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), None)
+    if header is None:
+        raise pd.errors.EmptyDataError("empty")
+    seen: set[str] = set()
+    dupes = sorted({h for h in header if h in seen or seen.add(h)})
+    if dupes:
+        raise TorchclfError(f"{path}: duplicate column names {dupes}; rename them so each is unique")
+    return pd.read_csv(path, encoding="utf-8", low_memory=False)
+
+
+def _missing_columns_error(missing: list[str], available, where: str) -> TorchclfError:
+    hints = {m: closest(m, available) for m in missing}
+    hint_text = "; ".join(f"{m!r}: did you mean {h[0]!r}?" for m, h in hints.items() if h)
+    cols = ", ".join(map(str, list(available)[:30])) + (" ..." if len(available) > 30 else "")
+    return TorchclfError(
+        f"{where}: target column(s) {missing} not found"
+        + (f" ({hint_text})" if hint_text else "")
+        + f"; columns are: {cols}"
+    )
+
+
+def from_frame(
+    frame: pd.DataFrame,
+    target: str | list[str] | None,
+    *,
+    label_sep: str | None = None,
+    name: str = "DataFrame",
+) -> Dataset:
+    """Split a frame into features and target.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The whole table, target column(s) included.
+    target : str or list of str
+        One label column, or several 0/1 columns (a multilabel problem).
+    label_sep : str, optional
+        If given, the single target column holds labels joined by this
+        separator (``"sports|music"``; empty means no label): multilabel.
+    """
+    targets = [target] if isinstance(target, str) else list(target or [])
+    if not targets:
+        cols = ", ".join(map(str, frame.columns[:30]))
+        raise TorchclfError(f"{name}: no target column given; pass --target COL (columns are: {cols})")
+    missing = [t for t in targets if t not in frame.columns]
+    if missing:
+        raise _missing_columns_error(missing, list(frame.columns), name)
+    if len(set(targets)) != len(targets):
+        raise TorchclfError(f"{name}: a target column is named twice in {targets}")
+    if label_sep is not None and len(targets) != 1:
+        raise TorchclfError(f"{name}: --label-sep needs exactly one --target column, got {len(targets)}")
+
+    features = frame.drop(columns=targets)
+    if features.shape[1] == 0:
+        raise TorchclfError(f"{name}: no feature columns left after removing the target {targets}")
+
+    if len(targets) > 1:
+        y = _indicator_columns(frame[targets], name)
+        keep = y.notna().all(axis=1).to_numpy()
+    elif label_sep is not None:
+        raw = frame[targets[0]]
+        y = _split_labels(raw, label_sep)
+        keep = np.ones(len(frame), dtype=bool)
+    else:
+        y = frame[targets[0]]
+        keep = y.notna().to_numpy()
+    if not keep.all():
+        dropped = int((~keep).sum())
+        if dropped == len(frame):
+            raise TorchclfError(f"{name}: every row's target {targets} is missing; nothing to learn from")
+        warnings.warn(f"{name}: dropped {dropped} row(s) with a missing target", DataWarning, stacklevel=2)
+        features, y = features[keep], y[keep]
+    return Dataset(
+        features=features.reset_index(drop=True),
+        target=y.reset_index(drop=True).astype("int64") if len(targets) > 1 else y.reset_index(drop=True),
+        name=name,
+        label_sep=label_sep,
+        target_columns=targets,
+    )
+
+
+def _indicator_columns(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    for col in frame.columns:
+        values = set(pd.unique(frame[col].dropna()))
+        if not values <= {0, 1, True, False}:
+            sample = sorted(map(str, values - {0, 1, True, False}))[:5]
+            raise TorchclfError(
+                f"{name}: target column {col!r} must hold 0/1 for a multilabel problem with several "
+                f"--target columns, found {sample}; or give one --target with --label-sep"
+            )
+    return frame.astype("float64")
+
+
+def _split_labels(raw: pd.Series, sep: str) -> pd.DataFrame:
+    lists = [
+        sorted({part.strip() for part in str(v).split(sep) if part.strip()})
+        if not (isinstance(v, float) and np.isnan(v)) and v is not None
+        else []
+        for v in raw.tolist()
+    ]
+    labels = sorted({label for row in lists for label in row})
+    index = {label: j for j, label in enumerate(labels)}
+    Y = np.zeros((len(lists), len(labels)), dtype=np.int64)
+    for i, row in enumerate(lists):
+        for label in row:
+            Y[i, index[label]] = 1
+    return pd.DataFrame(Y, columns=labels)
+
+
+def looks_like_file(spec: str) -> bool:
+    return Path(spec).suffix.lower() in TABLE_SUFFIXES or Path(spec).exists() or "/" in spec
+
+
+def load_table(
+    path: str | Path, target: str | list[str] | None, *, label_sep: str | None = None
+) -> Dataset:
+    """Read a file and split it into features and target."""
+    return from_frame(read_table(path), target, label_sep=label_sep, name=str(path))
+
+
+def resolve_source(
+    spec: str, target: str | list[str] | None = None, *, label_sep: str | None = None
+) -> Dataset:
+    """Turn a command-line ``DATA`` argument into a Dataset.
+
+    A path to a ``.csv``/``.parquet`` file is read; otherwise ``spec`` names a
+    built-in dataset (see :func:`torchclf.data.load_builtin`).
+    """
+    if not looks_like_file(spec) and is_builtin(spec):
+        features, y, _ = load_builtin(spec)
+        cols = list(y.columns) if isinstance(y, pd.DataFrame) else [str(y.name)]
+        return Dataset(features=features, target=y, name=spec, target_columns=cols)
+    if looks_like_file(spec):
+        return load_table(spec, target, label_sep=label_sep)
+    load_builtin(spec)  # raises the "unknown dataset" error with a suggestion
+    raise AssertionError("unreachable")

@@ -1,0 +1,71 @@
+"""Seeded train / validation / test splits, stratified where the task allows."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from torchclf.data.dataset import Dataset
+
+
+@dataclass
+class Splits:
+    """The three parts of a dataset; ``validation`` may be empty-free (None)."""
+
+    train: Dataset
+    validation: Dataset | None
+    test: Dataset | None
+
+
+def _stratify_labels(ds: Dataset, n_parts: int) -> np.ndarray | None:
+    if ds.multilabel:
+        return None
+    y = ds.target.astype(str).to_numpy()
+    _, counts = np.unique(y, return_counts=True)
+    if counts.min() < n_parts:
+        warnings.warn(
+            f"{ds.name}: a class has only {counts.min()} row(s), too few to stratify; "
+            "splitting without stratification",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    return y
+
+
+def _cut(ds: Dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(ds.n_rows)
+    strat = _stratify_labels(ds, 2)
+    try:
+        keep, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=strat)
+    except ValueError:
+        # A held-out part too small to contain every class: split without strata.
+        keep, held = train_test_split(index, test_size=fraction, random_state=seed)
+    return np.sort(keep), np.sort(held)
+
+
+def split_dataset(
+    ds: Dataset, *, test_size: float = 0.2, validation_size: float = 0.1, seed: int = 0,
+    test: Dataset | None = None,
+) -> Splits:
+    """Split rows into train, validation and test.
+
+    ``test_size`` and ``validation_size`` are fractions of all rows. When
+    ``test`` is given it is the test set and only the validation part is cut.
+    A part with a size of 0 is None.
+    """
+    rest = ds
+    test_part = test
+    if test is None and test_size > 0:
+        keep, held = _cut(ds, test_size, seed)
+        rest, test_part = ds.take(keep), ds.take(held)
+    val_part = None
+    if validation_size > 0:
+        frac = validation_size / (1.0 - (test_size if test is None else 0.0))
+        keep, held = _cut(rest, min(frac, 0.5), seed + 1)
+        rest, val_part = rest.take(keep), rest.take(held)
+    return Splits(train=rest, validation=val_part, test=test_part)

@@ -1,0 +1,225 @@
+"""The one training and evaluation loop.
+
+Every front door (the command line, the scikit-learn estimator, the Python
+API) trains through :func:`fit`. Batches are sliced from tensors already on
+the device, and losses and accuracies are summed on the device and read once
+per epoch, so a step never waits on the host.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from torchclf.callbacks import Callback, EarlyStopping, EpochLogger, ProgressBar
+from torchclf.config import TrainConfig
+from torchclf.errors import TorchclfError
+from torchclf.task import Task
+
+
+@dataclass
+class TensorData:
+    """Encoded rows on one device.
+
+    Attributes
+    ----------
+    X : Tensor of shape (n_samples, n_features), float32
+    y : Tensor of shape (n_samples,) or (n_samples, n_outputs)
+        As produced by :meth:`Task.target_tensor`.
+    weight : Tensor of shape (n_samples,), optional
+        Per-sample weights for the loss.
+    """
+
+    X: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+    def to(self, device: torch.device) -> TensorData:
+        w = None if self.weight is None else self.weight.to(device)
+        return TensorData(self.X.to(device), self.y.to(device), w)
+
+
+@dataclass
+class TrainState:
+    """What the loop knows, shared with callbacks."""
+
+    model: nn.Module
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    stop: bool = False
+    stop_reason: str = ""
+    best_epoch: int | None = None
+
+    @property
+    def last(self) -> dict:
+        return self.history[-1]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TorchclfError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TorchclfError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    # foreach=True batches the per-parameter updates into a few kernels.
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, foreach=True
+        )
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.schedule == "plateau":
+        patience = max(3, config.patience // 3) if config.patience else 10
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=patience)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return None
+
+
+def train_step(model, task: Task, loss_fn, optimizer, X, y, w):
+    """One optimisation step; returns the batch's summed loss and correct count as tensors."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(X)
+    per_sample = task.per_sample_loss(loss_fn, logits, y)
+    loss = per_sample.mean() if w is None else (per_sample * w).sum() / w.sum()
+    loss.backward()
+    optimizer.step()
+    return loss.detach() * X.shape[0], task.n_correct(logits.detach(), y)
+
+
+def _batches(n: int, batch_size: int | None, generator: torch.Generator, device) -> list[torch.Tensor] | None:
+    """Shuffled index batches for one epoch, or None for a single full batch."""
+    if batch_size is None or batch_size >= n:
+        return None
+    order = torch.randperm(n, generator=generator).to(device)
+    return list(torch.split(order, batch_size))
+
+
+def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, generator) -> tuple[float, float]:
+    """Train for one pass over ``data``; returns (mean loss, accuracy)."""
+    model.train()
+    device = data.X.device
+    total_loss = torch.zeros((), device=device)
+    total_correct = torch.zeros((), device=device, dtype=torch.int64)
+    batches = _batches(len(data), batch_size, generator, device)
+    if batches is None:
+        loss, correct = train_step(model, task, loss_fn, optimizer, data.X, data.y, data.weight)
+        total_loss += loss
+        total_correct += correct
+    else:
+        for idx in batches:
+            w = None if data.weight is None else data.weight[idx]
+            loss, correct = train_step(model, task, loss_fn, optimizer, data.X[idx], data.y[idx], w)
+            total_loss += loss
+            total_correct += correct
+    n = len(data)
+    return total_loss.item() / n, total_correct.item() / n
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, X: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
+    """Logits of shape (n_samples, n_outputs), computed in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        if X.shape[0] <= batch_size:
+            return model(X)
+        return torch.cat([model(chunk) for chunk in torch.split(X, batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model, task: Task, loss_fn, data: TensorData) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``data``."""
+    logits = predict_logits(model, data.X)
+    per_sample = task.per_sample_loss(loss_fn, logits, data.y)
+    loss = per_sample.mean() if data.weight is None else (per_sample * data.weight).sum() / data.weight.sum()
+    return loss.item(), task.n_correct(logits, data.y).item() / len(data)
+
+
+def default_callbacks(config: TrainConfig, verbose: bool, has_validation: bool) -> list[Callback]:
+    callbacks: list[Callback] = []
+    if has_validation:
+        callbacks.append(EarlyStopping(config.patience))
+    if verbose:
+        every = config.log_every or max(1, config.epochs // 10)
+        callbacks += [ProgressBar(), EpochLogger(every)]
+    return callbacks
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    train: TensorData,
+    validation: TensorData | None,
+    config: TrainConfig,
+    *,
+    class_weight: torch.Tensor | None = None,
+    callbacks: list[Callback] | None = None,
+    verbose: bool = False,
+) -> TrainState:
+    """Train ``model`` in place and return the final state (history included).
+
+    ``train`` and ``validation`` must already be on the model's device.
+    Randomness (shuffling) comes from ``config.seed``; the caller seeds model
+    initialisation.
+    """
+    if callbacks is None:
+        callbacks = default_callbacks(config, verbose, validation is not None and len(validation) > 0)
+    device = train.X.device
+    loss_fn = task.loss_function(None if class_weight is None else class_weight.to(device))
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    state = TrainState(model=model, config=config, optimizer=optimizer)
+
+    for cb in callbacks:
+        cb.on_train_begin(state)
+    for epoch in range(1, config.epochs + 1):
+        state.epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_begin(state)
+        t0 = time.perf_counter()
+        train_loss, train_acc = run_epoch(model, task, loss_fn, optimizer, train, config.batch_size, generator)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+               "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"]}
+        if validation is not None and len(validation) and (epoch % config.eval_every == 0 or epoch == config.epochs):
+            row["val_loss"], row["val_accuracy"] = evaluate(model, task, loss_fn, validation)
+        row["seconds"] = time.perf_counter() - t0
+        state.history.append(row)
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if row["val_loss"] is not None or validation is None:
+                    scheduler.step(row["val_loss"] if row["val_loss"] is not None else train_loss)
+            else:
+                scheduler.step()
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+        if state.stop:
+            break
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return state
