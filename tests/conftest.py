@@ -1,0 +1,50 @@
+"""Shared fixtures: one torch thread (CI has 2 cores), quiet warnings, small data."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def mixed_frame() -> pd.DataFrame:
+    """A small table with numbers, categories, missing values and string labels."""
+    rng = np.random.default_rng(0)
+    n = 240
+    x1 = rng.normal(size=n)
+    x2 = rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    label = np.where(x1 + (color == "red") * 1.5 > 0.3, "yes", "no")
+    x2[rng.random(n) < 0.1] = np.nan
+    color = color.astype(object)
+    color[rng.random(n) < 0.05] = None
+    return pd.DataFrame({"x1": x1, "x2": x2, "color": color, "label": label})
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from torchclf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
