@@ -1,4 +1,4 @@
-from torchclf.cli import main
+from torchclf.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

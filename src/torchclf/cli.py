@@ -245,34 +245,33 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return _exit(2)
+        return (2)
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
-        return _exit(130)
+        return (130)
     except typer.Exit as exc:
-        return _exit(exc.exit_code)
+        return (exc.exit_code)
     except Exception as exc:  # click's usage errors and anything unexpected
         import click
 
         if isinstance(exc, click.exceptions.Abort):
             print("aborted", file=sys.stderr)
-            return _exit(130)
+            return (130)
         if isinstance(exc, click.ClickException):
             exc.show()
-            return _exit(exc.exit_code)
+            return (exc.exit_code)
         if debug:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback and report it)",
               file=sys.stderr)
-        return _exit(1)
-    return _exit(0)
+        return (1)
+    return (0)
 
 
-def _exit(code: int) -> int:
-    if __name__ == "__main__" or sys.argv and Path(sys.argv[0]).name in ("torchclf", "__main__.py"):
-        sys.exit(code)
-    return code
+def run() -> None:
+    """Console-script entry point: exit with :func:`main`'s status."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    main()
+    run()
