@@ -245,27 +245,27 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return (2)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
-        return (130)
+        return 130
     except typer.Exit as exc:
-        return (exc.exit_code)
+        return exc.exit_code
     except Exception as exc:  # click's usage errors and anything unexpected
         import click
 
         if isinstance(exc, click.exceptions.Abort):
             print("aborted", file=sys.stderr)
-            return (130)
+            return 130
         if isinstance(exc, click.ClickException):
             exc.show()
-            return (exc.exit_code)
+            return exc.exit_code
         if debug:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback and report it)",
               file=sys.stderr)
-        return (1)
-    return (0)
+        return 1
+    return 0
 
 
 def run() -> None:
