@@ -31,9 +31,72 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
+def _weighted_median(values: np.ndarray, weight: np.ndarray) -> float:
+    """The median of the non-NaN ``values`` with each counted ``weight`` times (0.0 if none).
+
+    For integer weights it equals ``np.median`` of the values repeated.
+    """
+    present = ~np.isnan(values) & (weight > 0)
+    if not present.any():
+        return 0.0
+    order = np.argsort(values[present], kind="stable")
+    v, cum = values[present][order], np.cumsum(weight[present][order])
+    i = int(np.searchsorted(cum, cum[-1] / 2))
+    if cum[i] == cum[-1] / 2 and i + 1 < len(v):  # an even total: average the two middle values
+        return float((v[i] + v[i + 1]) / 2)
+    return float(v[i])
+
+
 def _python(value):
     """A numpy scalar as the plain Python value JSON can hold."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _column_lookup(frame: pd.DataFrame, where: str) -> dict:
+    """Column names as text -> the frame's own labels (which may be numbers)."""
+    lookup = {}
+    for col in frame.columns:
+        name = str(col)
+        if name in lookup:
+            raise TorchclfError(f"{where}: duplicate column name {name!r}; rename the columns so each is unique")
+        lookup[name] = col
+    return lookup
+
+
+# ----- checking state read from a file -------------------------------------------
+def _expect(ok: bool, field: str, expected: str) -> None:
+    if not ok:
+        raise TorchclfError(f"invalid manifest: {field} must be {expected}; re-train or restore the model")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and not np.isfinite(value)
+
+
+def _column_from_dict(c, i: int) -> ColumnSpec:
+    where = f"preprocess.columns[{i}]"
+    _expect(isinstance(c, dict), where, "an object")
+    unknown = set(c) - {f for f in ColumnSpec.__dataclass_fields__}
+    _expect(not unknown, where, f"free of unknown fields (found {sorted(unknown)[:3]})")
+    _expect(isinstance(c.get("name"), str), f"{where}.name", "text")
+    _expect(c.get("kind") in ("numeric", "categorical"), f"{where}.kind", "'numeric' or 'categorical'")
+    for key in ("median", "mean", "scale"):
+        _expect(_is_number(c.get(key, 0.0)), f"{where}.{key}", "a finite number")
+    _expect(c.get("scale", 1.0) > 0, f"{where}.scale", "positive")
+    _expect(isinstance(c.get("missing_indicator", False), bool), f"{where}.missing_indicator", "true or false")
+    categories = c.get("categories", [])
+    _expect(isinstance(categories, list) and all(isinstance(v, str) for v in categories),
+            f"{where}.categories", "a list of text values")
+    _expect(len(set(categories)) == len(categories), f"{where}.categories", "distinct values")
+    return ColumnSpec(**c)
 
 
 @dataclass
@@ -84,14 +147,34 @@ class Preprocessor:
         self.columns: list[ColumnSpec] = []
 
     # ----- fitting -----------------------------------------------------------
-    def fit(self, frame: pd.DataFrame) -> Preprocessor:
-        """Learn column types, imputation values, scales and categories."""
+    def fit(self, frame: pd.DataFrame, sample_weight=None) -> Preprocessor:
+        """Learn column types, imputation values, scales and categories.
+
+        ``sample_weight`` (shape (n_samples,), non-negative) makes each row
+        count that many times in the medians, means, scales and category
+        counts, so that integer weights match repeating the rows; rows of
+        weight 0 are left out.
+        """
         if frame.shape[1] == 0:
             raise TorchclfError("no feature columns to train on")
-        self.columns = [self._fit_column(str(name), frame[name]) for name in frame.columns]
+        weight = None
+        if sample_weight is not None:
+            weight = np.asarray(sample_weight, dtype=np.float64)
+            frame, weight = frame[weight > 0], weight[weight > 0]
+        _column_lookup(frame, "training rows")  # rejects names that clash once made text
+        self.columns = [self._fit_column(str(name), frame[name], weight) for name in frame.columns]
+        constant = [str(name) for name in frame.columns if frame[name].nunique(dropna=False) <= 1]
+        if constant:
+            shown = ", ".join(map(repr, constant[:10])) + (" ..." if len(constant) > 10 else "")
+            warnings.warn(
+                f"constant column(s) {shown}: one value in every training row, so they cannot help "
+                "the model; drop them",
+                DataWarning,
+                stacklevel=2,
+            )
         return self
 
-    def _fit_column(self, name: str, series: pd.Series) -> ColumnSpec:
+    def _fit_column(self, name: str, series: pd.Series, weight: np.ndarray | None = None) -> ColumnSpec:
         if not _is_numeric(series):
             present = series.dropna()
             parsed = pd.to_numeric(present, errors="coerce")
@@ -105,7 +188,7 @@ class Preprocessor:
                         stacklevel=3,
                     )
             else:
-                return self._fit_categorical(name, series)
+                return self._fit_categorical(name, series, weight)
         values = _as_float(series)
         if np.isinf(values).any():
             warnings.warn(
@@ -115,9 +198,15 @@ class Preprocessor:
             )
             values = np.where(np.isinf(values), np.nan, values)
         has_missing = bool(np.isnan(values).any())
-        median = float(np.nanmedian(values)) if not np.isnan(values).all() else 0.0
-        filled = np.where(np.isnan(values), median, values)
-        mean, std = float(filled.mean()), float(filled.std())
+        if weight is None:
+            median = float(np.nanmedian(values)) if not np.isnan(values).all() else 0.0
+            filled = np.where(np.isnan(values), median, values)
+            mean, std = float(filled.mean()), float(filled.std())
+        else:
+            median = _weighted_median(values, weight)
+            filled = np.where(np.isnan(values), median, values)
+            mean = float(np.average(filled, weights=weight))
+            std = float(np.sqrt(np.average((filled - mean) ** 2, weights=weight)))
         return ColumnSpec(
             name=name,
             kind="numeric",
@@ -127,9 +216,9 @@ class Preprocessor:
             missing_indicator=has_missing,
         )
 
-    def _fit_categorical(self, name: str, series: pd.Series) -> ColumnSpec:
+    def _fit_categorical(self, name: str, series: pd.Series, weight: np.ndarray | None = None) -> ColumnSpec:
         values = series.astype("object").where(series.notna(), MISSING).astype(str)
-        counts = values.value_counts()
+        counts = values.value_counts() if weight is None else pd.Series(weight, index=values.index).groupby(values).sum()
         if len(counts) > self.max_categories:
             warnings.warn(
                 f"column {name!r}: {len(counts)} distinct values; keeping the {self.max_categories} "
@@ -157,7 +246,8 @@ class Preprocessor:
         return sum(c.width for c in self.columns)
 
     def check_columns(self, frame: pd.DataFrame, where: str = "input") -> None:
-        missing = [n for n in self.feature_names if n not in frame.columns]
+        lookup = _column_lookup(frame, where)
+        missing = [n for n in self.feature_names if n not in lookup]
         if missing:
             shown = ", ".join(map(repr, missing[:10])) + (" ..." if len(missing) > 10 else "")
             raise TorchclfError(
@@ -165,18 +255,19 @@ class Preprocessor:
                 "add them (extra columns are ignored)"
             )
 
-    def transform(self, frame: pd.DataFrame, where: str = "input") -> np.ndarray:
+    def transform(self, frame: pd.DataFrame, where: str = "input", dtype=np.float32) -> np.ndarray:
         """Encode raw rows.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_outputs), float32
+        ndarray of shape (n_samples, n_outputs), float32 (or ``dtype``)
         """
         self.check_columns(frame, where)
-        out = np.empty((len(frame), self.n_outputs), dtype=np.float32)
+        lookup = _column_lookup(frame, where)
+        out = np.empty((len(frame), self.n_outputs), dtype=dtype)
         j = 0
         for spec in self.columns:
-            series = frame[spec.name]
+            series = frame[lookup[spec.name]]
             if spec.kind == "numeric":
                 values = _as_float(series)
                 missing = ~np.isfinite(values)
@@ -186,7 +277,7 @@ class Preprocessor:
                     out[:, j + 1] = missing
             else:
                 strings = series.astype("object").where(series.notna(), MISSING).astype(str)
-                codes = pd.Categorical(strings, categories=spec.categories).codes.astype(np.int64)
+                codes = pd.Index(spec.categories).get_indexer(strings).astype(np.int64)
                 codes[codes < 0] = len(spec.categories)  # unseen -> <other>
                 block = out[:, j : j + spec.width]
                 block[:] = 0.0
@@ -196,6 +287,31 @@ class Preprocessor:
 
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
         return self.fit(frame).transform(frame)
+
+    def input_notes(self, frame: pd.DataFrame, ignore=()) -> list[str]:
+        """One line per thing in new rows the model will quietly work around.
+
+        Extra columns (other than ``ignore``, e.g. the target) are not used, and
+        categories never seen in training share the ``<other>`` slot.
+        """
+        lookup = _column_lookup(frame, "input")
+        used = set(self.feature_names) | {str(c) for c in ignore}
+        notes = []
+        extra = [name for name in lookup if name not in used]
+        if extra:
+            shown = ", ".join(map(repr, extra[:10])) + (" ..." if len(extra) > 10 else "")
+            notes.append(f"column(s) {shown} are not used by the model and are ignored")
+        for spec in self.columns:
+            if spec.kind != "categorical" or spec.name not in lookup:
+                continue
+            series = frame[lookup[spec.name]]
+            strings = series.astype("object").where(series.notna(), MISSING).astype(str)
+            unseen = strings[~strings.isin(spec.categories)]
+            if len(unseen):
+                examples = sorted(unseen.unique())[:3]
+                notes.append(f"column {spec.name!r}: {len(unseen)} row(s) with categories not seen in training "
+                             f"(e.g. {examples}) use the {OTHER!r} slot")
+        return notes
 
     # ----- persistence -------------------------------------------------------
     def to_dict(self) -> dict:
@@ -207,8 +323,17 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessor:
-        pre = cls(int(d["max_categories"]), float(d["numeric_text_ratio"]))
-        pre.columns = [ColumnSpec(**c) for c in d["columns"]]
+        """Rebuild from :meth:`to_dict`'s output, checking every type (the dict may come from a file)."""
+        _expect(isinstance(d, dict), "preprocess", "an object")
+        max_categories, ratio = d.get("max_categories"), d.get("numeric_text_ratio")
+        _expect(_is_int(max_categories) and max_categories >= 1, "preprocess.max_categories", "a positive integer")
+        _expect(_is_number(ratio) and 0 <= ratio <= 1, "preprocess.numeric_text_ratio", "a number in [0, 1]")
+        columns = d.get("columns")
+        _expect(isinstance(columns, list) and len(columns) > 0, "preprocess.columns", "a non-empty list")
+        pre = cls(int(max_categories), float(ratio))
+        pre.columns = [_column_from_dict(c, i) for i, c in enumerate(columns)]
+        names = pre.feature_names
+        _expect(len(set(names)) == len(names), "preprocess.columns", "unique column names")
         return pre
 
 
@@ -273,4 +398,13 @@ class LabelCoder:
 
     @classmethod
     def from_dict(cls, d: dict) -> LabelCoder:
-        return cls(list(d["classes"]), bool(d["multilabel"]))
+        """Rebuild from :meth:`to_dict`'s output, checking every type (the dict may come from a file)."""
+        _expect(isinstance(d, dict), "labels", "an object")
+        classes, multilabel = d.get("classes"), d.get("multilabel")
+        _expect(isinstance(multilabel, bool), "labels.multilabel", "true or false")
+        _expect(isinstance(classes, list) and len(classes) > 0, "labels.classes", "a non-empty list")
+        scalar = (str,) if multilabel else (str, int, float, bool)
+        _expect(all(isinstance(c, scalar) and not _is_nan(c) for c in classes), "labels.classes",
+                "label names" if multilabel else "text, number or true/false labels")
+        _expect(len({(type(c), c) for c in classes}) == len(classes), "labels.classes", "distinct labels")
+        return cls(list(classes), multilabel)

@@ -65,8 +65,8 @@ class Task:
         shape (n_samples, 1), multiclass int64 of shape (n_samples,).
         """
         if self.kind == "multiclass":
-            return torch.as_tensor(np.asarray(y), dtype=torch.int64)
-        t = torch.as_tensor(np.asarray(y), dtype=torch.float32)
+            return torch.tensor(np.asarray(y), dtype=torch.int64)
+        t = torch.tensor(np.asarray(y), dtype=torch.float32)
         return t.reshape(-1, 1) if self.kind == "binary" else t
 
     def loss_function(self, class_weight: torch.Tensor | None = None) -> nn.Module:

@@ -1,0 +1,136 @@
+"""The Python API end to end: each task type, metrics against scikit-learn, save and load."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+import torchclf
+from torchclf import api
+
+FAST = {"epochs": 30, "patience": 0}
+
+
+def cfg(**train):
+    return api.make_config(model={"hidden": (32,)}, train={**FAST, **train})
+
+
+@pytest.fixture(scope="module")
+def blobs_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "blobs"
+    result = torchclf.train("blobs", config=cfg(), out=out)
+    return result, out
+
+
+def test_multiclass_run_folder_is_complete(blobs_run):
+    result, out = blobs_run
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "plots"} <= names
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"train", "validation", "test"}
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    history = pd.read_csv(out / "history.csv")
+    assert len(history) == len(result.history) == 30
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["task"]["kind"] == "multiclass" and manifest["labels"]["classes"] == [0, 1, 2, 3]
+    assert manifest["config"]["model"]["hidden"] == [32]
+    assert {"torch", "torchclf", "scikit-learn"} <= set(manifest["versions"])
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
+
+
+def test_metrics_agree_with_sklearn(blobs_run):
+    result, out = blobs_run
+    model = torchclf.load(out)
+    test = result.splits.test
+    y_true = test.target.to_numpy()
+    proba = model.predict_proba(test.features)
+    y_pred = np.asarray(model.predict(test.features))
+    m = result.metrics["test"]
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-6)
+    assert m["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"), abs=1e-6)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y_true, proba), abs=1e-5)
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true, proba, multi_class="ovr"), abs=1e-6)
+    assert m["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
+
+
+def test_loaded_model_predicts_like_the_trained_one(blobs_run):
+    result, out = blobs_run
+    loaded = torchclf.load(out)
+    rows = result.splits.test.features
+    np.testing.assert_allclose(loaded.predict_proba(rows), result.predictor.predict_proba(rows), rtol=1e-6)
+    frame = loaded.predict_frame(rows)
+    assert list(frame.columns) == ["prediction", "proba_0", "proba_1", "proba_2", "proba_3"]
+    np.testing.assert_allclose(frame.filter(like="proba_").sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_binary_with_mixed_columns_and_string_labels(mixed_frame):
+    result = torchclf.train(mixed_frame, "label", config=cfg())
+    model = result.predictor
+    assert model.task.kind == "binary" and model.task.n_outputs == 1
+    assert model.classes == ["no", "yes"]
+    proba = model.predict_proba(mixed_frame)
+    assert proba.shape == (len(mixed_frame), 2)
+    assert set(model.predict(mixed_frame)) <= {"no", "yes"}
+    # An unseen category and a missing value are handled, not errors.
+    odd = mixed_frame.head(2).assign(color=["purple", None], x2=[np.nan, np.nan])
+    assert len(model.predict(odd)) == 2
+    assert result.metrics["test"]["accuracy"] > 0.8
+
+
+def test_multilabel_from_indicator_columns():
+    result = torchclf.train("multilabel", config=cfg(epochs=40))
+    model = result.predictor
+    assert model.task.kind == "multilabel" and model.task.n_outputs == 5
+    m = result.metrics["test"]
+    for key in ("subset_accuracy", "hamming_loss", "f1_micro", "f1_macro"):
+        assert key in m
+    test = result.splits.test
+    pred = model.predict_indices(test.features)
+    assert m["hamming_loss"] == pytest.approx(skm.hamming_loss(test.target.to_numpy(), pred), abs=1e-6)
+    assert m["f1_micro"] > 0.6
+
+
+def test_multilabel_from_a_joined_column_round_trips_the_separator():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2))
+    tags = [";".join(t for t, on in (("hot", a > 0), ("wet", b > 0)) if on) for a, b in x]
+    frame = pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "tags": tags})
+    result = torchclf.train(frame, "tags", label_sep=";", config=cfg(epochs=60))
+    out = result.predictor.predict_frame(frame)
+    assert list(out.columns) == ["prediction", "proba_hot", "proba_wet"]
+    assert set(out["prediction"]) <= {"", "hot", "wet", "hot;wet"}
+    assert (out["prediction"] == frame["tags"]).mean() > 0.85
+
+
+def test_arrays_and_a_separate_test_set():
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=300, n_features=6, random_state=0)
+    result = torchclf.train(X[:200], y[:200], test=(X[200:], y[200:]), config=cfg())
+    assert result.splits.test.n_rows == 100
+    assert result.metrics["test"]["n_samples"] == 100
+
+
+def test_same_seed_same_model():
+    a = torchclf.train("moons", config=cfg(seed=3)).predictor
+    b = torchclf.train("moons", config=cfg(seed=3)).predictor
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and np.array_equal(va.numpy(), vb.numpy())
+
+
+def test_presets_build_the_tutorial_models():
+    config = api.make_config("circle-v2", train={"epochs": 5})
+    assert config.model.hidden == (10, 10) and config.model.activation == "relu"
+    assert config.train.optimizer == "sgd" and config.train.lr == 0.1 and config.train.batch_size is None
+    model = torchclf.train("circles", config=config).predictor.model
+    linears = [m for m in model.modules() if isinstance(m, __import__("torch").nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(2, 10), (10, 10), (10, 1)]
+
+
+def test_early_stopping_restores_the_best_weights():
+    result = torchclf.train("moons", config=api.make_config(train={"epochs": 200, "patience": 5, "lr": 0.05}))
+    assert len(result.history) < 200
+    best = min(r["val_loss"] for r in result.history)
+    assert result.metrics["validation"]["log_loss"] == pytest.approx(best, rel=1e-3)

@@ -1,0 +1,127 @@
+"""The command line, in-process, plus one real subprocess run."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+FAST = ["--epochs", "20", "--hidden", "16", "--patience", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(1)
+    n = 200
+    frame = pd.DataFrame({
+        "size": rng.normal(size=n),
+        "shape": rng.choice(["round", "square"], size=n),
+        "weight": rng.normal(size=n),
+    })
+    frame["fruit"] = np.where(frame["size"] + (frame["shape"] == "round") > 0.5, "apple", "pear")
+    frame.to_csv(folder / "fruit.csv", index=False)
+    code, out, err = run_cli("train", str(folder / "fruit.csv"), "--target", "fruit", "--out", str(folder / "run"), *FAST)
+    assert code == 0, err
+    return folder, out
+
+
+def test_train_prints_metrics_and_the_run_folder(csv_run):
+    folder, out = csv_run
+    assert "accuracy" in out and f"run folder: {folder / 'run'}" in out
+    assert (folder / "run" / "plots" / "learning_curves.png").stat().st_size > 1000
+
+
+def test_predict_writes_one_row_per_input_row_in_order(csv_run):
+    folder, _ = csv_run
+    code, _, err = run_cli("predict", str(folder / "run"), str(folder / "fruit.csv"), "--out", str(folder / "p.csv"))
+    assert code == 0, err
+    pred = pd.read_csv(folder / "p.csv")
+    source = pd.read_csv(folder / "fruit.csv")
+    assert list(pred.columns) == ["prediction", "proba_apple", "proba_pear"]
+    assert len(pred) == len(source)
+    assert (pred["prediction"] == source["fruit"]).mean() > 0.8  # order preserved
+    assert (pred["prediction"] == pred[["proba_apple", "proba_pear"]].idxmax(axis=1).str[6:]).all()
+
+
+def test_predict_to_stdout_ignores_extra_columns(csv_run):
+    folder, _ = csv_run
+    code, out, _ = run_cli("predict", str(folder / "run"), str(folder / "fruit.csv"))
+    assert code == 0 and out.splitlines()[0] == "prediction,proba_apple,proba_pear"
+
+
+def test_evaluate_json_matches_the_test_metrics_format(csv_run):
+    folder, _ = csv_run
+    code, out, _ = run_cli("evaluate", str(folder / "run"), str(folder / "fruit.csv"), "--json")
+    assert code == 0
+    metrics = json.loads(out)
+    assert 0.8 < metrics["accuracy"] <= 1.0 and metrics["n_samples"] == 200
+
+
+def test_missing_feature_column_is_named(csv_run, tmp_path):
+    folder, _ = csv_run
+    pd.read_csv(folder / "fruit.csv").drop(columns="weight").to_csv(tmp_path / "x.csv", index=False)
+    code, _, err = run_cli("predict", str(folder / "run"), str(tmp_path / "x.csv"))
+    assert code == 2 and "missing feature column(s) 'weight'" in err and "Traceback" not in err
+
+
+def test_existing_output_folder_is_not_overwritten(csv_run):
+    folder, _ = csv_run
+    before = sorted(p.name for p in (folder / "run").iterdir())
+    code, _, err = run_cli("train", "moons", "--out", str(folder / "run"), *FAST)
+    assert code == 2 and "already exists and is not empty" in err
+    assert sorted(p.name for p in (folder / "run").iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "no/such.csv", "--target", "y"], "no such file"),
+        (["train", "FILE", "--target", "nope"], "target column(s) ['nope'] not found"),
+        (["train", "FILE"], "no target column given; pass --target COL (columns are: a, y)"),
+        (["train", "ONECLASS", "--target", "y"], "only one class"),
+        (["train", "EMPTY", "--target", "y"], "no data rows"),
+        (["train", "moons", "--optimizer", "rmsprop"], "TrainConfig.optimizer: got 'rmsprop'"),
+        (["train", "moons", "--hidden", "6,x"], "--hidden: expected comma-separated"),
+        (["train", "moons", "--preset", "circle-v9"], "unknown preset 'circle-v9'"),
+        (["predict", "not-a-run", "moons"], "no such run folder"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_2(tmp_path, args, message):
+    (tmp_path / "f.csv").write_text("a,y\n1,0\n2,1\n3,0\n4,1\n")
+    (tmp_path / "one.csv").write_text("a,y\n1,0\n2,0\n3,0\n")
+    (tmp_path / "empty.csv").write_text("a,y\n")
+    swap = {"FILE": tmp_path / "f.csv", "ONECLASS": tmp_path / "one.csv", "EMPTY": tmp_path / "empty.csv"}
+    args = [str(swap.get(a, a)) for a in args]
+    code, out, err = run_cli(*args, "--out", str(tmp_path / "r")) if args[0] == "train" else run_cli(*args)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_datasets_lists_every_builtin():
+    from torchclf.data.builtin import BUILTIN_DATASETS
+
+    code, out, _ = run_cli("datasets")
+    assert code == 0
+    for name in BUILTIN_DATASETS:
+        assert name in out
+
+
+def test_the_installed_command_runs_the_demo(tmp_path):
+    """A real process: `python -m torchclf train` on the default data."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchclf", "train", "--out", str(tmp_path / "demo"), "--epochs", "5", "--threads", "1"],
+        capture_output=True, text=True, timeout=180, env={"OMP_NUM_THREADS": "1", "PATH": ""},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Epoch" in proc.stderr and "test" in proc.stdout
+    assert (tmp_path / "demo" / "plots" / "decision_boundary.png").exists()
+    bad = subprocess.run([sys.executable, "-m", "torchclf", "train", "nope.csv"], capture_output=True, text=True,
+                         timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: nope.csv: no such file (check the path)"

@@ -1,0 +1,105 @@
+"""Sources, built-in datasets and splits."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from torchclf.data import from_frame, load_builtin, read_table, resolve_source, split_dataset
+from torchclf.data.builtin import BUILTIN_DATASETS, parse_spec
+from torchclf.errors import TorchclfError
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))
+def test_every_builtin_dataset_loads(name):
+    features, target, _ = load_builtin(name)
+    assert len(features) == len(target) > 0
+    assert features.notna().all().all()
+
+
+def test_tutorial_datasets_match_the_tutorial():
+    from sklearn.datasets import make_blobs, make_circles
+
+    X, y = make_circles(1000, noise=0.03, random_state=42)
+    features, target, params = load_builtin("circles")
+    np.testing.assert_allclose(features.to_numpy(), X)
+    np.testing.assert_array_equal(target.to_numpy(), y)
+    X, y = make_blobs(n_samples=1000, n_features=2, centers=4, cluster_std=1.5, random_state=42)
+    features, target, _ = load_builtin("blobs")
+    np.testing.assert_allclose(features.to_numpy(), X)
+    assert params["noise"] == 0.03
+
+
+def test_spec_overrides_generator_parameters():
+    features, target, params = load_builtin("moons:noise=0.07,n_samples=300,seed=3")
+    assert len(features) == 300 and params["noise"] == 0.07 and params["seed"] == 3
+    spirals, labels, _ = load_builtin("spirals:points_per_class=100")
+    assert len(spirals) == 300 and sorted(labels.unique()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("moons:noise", "expected key=value"),
+        ("moons:colour=3", "has no parameter 'colour'"),
+        ("moons:noise=abc", "not a valid float"),
+        ("moonz", "did you mean 'moons'"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(spec, message):
+    with pytest.raises(TorchclfError, match=message):
+        resolve_source(spec)
+
+
+def test_parse_spec():
+    assert parse_spec("blobs:centers=3, cluster_std=1") == ("blobs", {"centers": "3", "cluster_std": "1"})
+
+
+def test_csv_and_parquet_read_the_same(tmp_path, mixed_frame):
+    mixed_frame.to_csv(tmp_path / "t.csv", index=False)
+    mixed_frame.to_parquet(tmp_path / "t.parquet")
+    a = read_table(tmp_path / "t.csv")
+    b = read_table(tmp_path / "t.parquet")
+    assert list(a.columns) == list(b.columns) == list(mixed_frame.columns)
+    assert len(a) == len(b) == len(mixed_frame)
+
+
+def test_missing_target_lists_columns_and_suggests(mixed_frame):
+    with pytest.raises(TorchclfError, match=r"\['lable'\] not found.*did you mean 'label'.*columns are: x1, x2"):
+        from_frame(mixed_frame, "lable")
+
+
+def test_rows_with_missing_target_are_dropped_with_a_warning(mixed_frame):
+    frame = mixed_frame.copy()
+    frame.loc[:4, "label"] = None
+    with pytest.warns(UserWarning, match="dropped 5 row"):
+        ds = from_frame(frame, "label")
+    assert ds.n_rows == len(frame) - 5
+
+
+def test_label_separator_makes_an_indicator_frame():
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "tags": ["sports|music", "", "music"]})
+    ds = from_frame(frame, "tags", label_sep="|")
+    assert ds.multilabel
+    assert list(ds.target.columns) == ["music", "sports"]
+    assert ds.target.to_numpy().tolist() == [[1, 1], [0, 0], [1, 0]]
+
+
+def test_several_target_columns_must_be_zero_one():
+    frame = pd.DataFrame({"x": [1.0, 2.0], "a": [0, 1], "b": [1, 2]})
+    with pytest.raises(TorchclfError, match="must hold 0/1"):
+        from_frame(frame, ["a", "b"])
+    assert from_frame(frame.assign(b=[1, 0]), ["a", "b"]).multilabel
+
+
+def test_split_is_seeded_stratified_and_disjoint():
+    ds = resolve_source("blobs")
+    a = split_dataset(ds, seed=1)
+    b = split_dataset(ds, seed=1)
+    c = split_dataset(ds, seed=2)
+    assert a.train.features.equals(b.train.features)
+    assert not a.train.features.equals(c.train.features)
+    assert (a.train.n_rows, a.validation.n_rows, a.test.n_rows) == (700, 100, 200)
+    # Stratified: each class keeps its share (250 of 1000) in the test part.
+    assert a.test.target.value_counts().tolist() == [50, 50, 50, 50]
+    rows = pd.concat([a.train.features, a.validation.features, a.test.features])
+    assert not rows.duplicated().any()

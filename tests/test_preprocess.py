@@ -1,0 +1,82 @@
+"""Preprocessing: imputation, scaling, categories, labels, JSON round trip."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from torchclf.errors import TorchclfError
+from torchclf.preprocess import LabelCoder, Preprocessor
+
+
+def test_numeric_columns_are_imputed_with_the_median_and_standardised():
+    frame = pd.DataFrame({"a": [1.0, 2.0, np.nan, 5.0]})
+    pre = Preprocessor().fit(frame)
+    X = pre.transform(frame)
+    filled = np.array([1.0, 2.0, 2.0, 5.0])
+    expected = (filled - filled.mean()) / filled.std()
+    np.testing.assert_allclose(X[:, 0], expected, rtol=1e-6)
+    assert X[:, 1].tolist() == [0.0, 0.0, 1.0, 0.0]  # missing flag
+    assert pre.output_names == ["a", "a__missing"]
+
+
+def test_statistics_come_from_training_rows_only():
+    train = pd.DataFrame({"a": [0.0, 2.0]})
+    pre = Preprocessor().fit(train)
+    assert pre.transform(pd.DataFrame({"a": [100.0]}))[0, 0] == pytest.approx((100 - 1) / 1)
+
+
+def test_categories_one_hot_with_unseen_and_missing_handled():
+    train = pd.DataFrame({"c": ["a", "b", "a", None]})
+    pre = Preprocessor().fit(train)
+    assert pre.output_names == ["c=a", "c=<missing>", "c=b", "c=<other>"]
+    X = pre.transform(pd.DataFrame({"c": ["b", "zzz", None]}))
+    assert X.tolist() == [[0, 0, 1, 0], [0, 0, 0, 1], [0, 1, 0, 0]]
+
+
+def test_high_cardinality_is_capped_with_a_warning():
+    train = pd.DataFrame({"c": [f"v{i % 30}" for i in range(300)]})
+    with pytest.warns(UserWarning, match="30 distinct values"):
+        pre = Preprocessor(max_categories=10).fit(train)
+    assert pre.n_outputs == 11
+
+
+def test_numbers_with_stray_text_are_numeric():
+    train = pd.DataFrame({"n": [str(i) for i in range(40)] + ["n/a"]})
+    with pytest.warns(UserWarning, match="treating as numeric"):
+        pre = Preprocessor().fit(train)
+    assert pre.columns[0].kind == "numeric" and pre.columns[0].missing_indicator
+
+
+def test_state_round_trips_through_json(mixed_frame):
+    features = mixed_frame.drop(columns="label")
+    pre = Preprocessor().fit(features)
+    again = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    np.testing.assert_array_equal(pre.transform(features), again.transform(features))
+
+
+def test_missing_feature_columns_are_named():
+    pre = Preprocessor().fit(pd.DataFrame({"a": [1.0], "b": [2.0]}))
+    with pytest.raises(TorchclfError, match="missing feature column.*'b'"):
+        pre.transform(pd.DataFrame({"a": [1.0], "zzz": [0.0]}))
+
+
+@pytest.mark.parametrize("labels", [["cat", "dog", "cat"], [3, 1, 3], [True, False, True]])
+def test_labels_of_any_type_round_trip(labels):
+    coder = LabelCoder().fit(pd.Series(labels))
+    idx = coder.encode(pd.Series(labels))
+    assert coder.decode(idx) == labels
+    again = LabelCoder.from_dict(json.loads(json.dumps(coder.to_dict())))
+    assert again.decode(idx) == labels
+
+
+def test_unseen_labels_are_reported():
+    coder = LabelCoder().fit(pd.Series(["a", "b"]))
+    with pytest.raises(TorchclfError, match=r"\['c'\] were not seen in training"):
+        coder.encode(pd.Series(["a", "c"]))
+
+
+def test_multilabel_decode_joins_with_the_separator():
+    coder = LabelCoder().fit(pd.DataFrame({"music": [1], "sports": [0]}))
+    assert coder.decode(np.array([[1, 1], [0, 0], [0, 1]]), "|") == ["music|sports", "", "sports"]
