@@ -97,5 +97,5 @@ PRESETS: dict[str, Preset] = {
         ModelConfig(hidden=(8, 8), activation="linear"),
         {**_TUTORIAL_SGD, "epochs": 100},
     ),
-    "default": Preset("torchclf's default: 128-128 ReLU, AdamW, early stopping", ModelConfig(), {}),
+    "default": Preset("torchclf's default: 256-256 ReLU, dropout 0.2, AdamW, early stopping", ModelConfig(), {}),
 }

@@ -1,0 +1,24 @@
+"""With no flags, the defaults reach the published test-accuracy floors (default seed)."""
+
+import pytest
+
+import torchclf
+
+FLOORS = {
+    "circles": 0.99,
+    "moons": 0.965,
+    "spirals": 0.98,
+    "blobs": 0.995,
+    "iris": 0.96,
+    "wine": 0.97,
+    "breast_cancer": 0.97,
+    "digits": 0.975,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FLOORS))
+def test_default_model_reaches_the_floor(name):
+    result = torchclf.train(name)
+    accuracy = result.metrics["test"]["accuracy"]
+    assert accuracy >= FLOORS[name], f"{name}: test accuracy {accuracy:.4f} < {FLOORS[name]}"
