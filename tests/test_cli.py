@@ -125,3 +125,34 @@ def test_the_installed_command_runs_the_demo(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "torchclf", "train", "nope.csv"], capture_output=True, text=True,
                          timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert bad.returncode == 2 and bad.stderr.strip() == "error: nope.csv: no such file (check the path)"
+
+
+def test_multiclass_and_multilabel_through_the_cli(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 2))
+    frame = pd.DataFrame({"a": x[:, 0], "b": x[:, 1]})
+    frame["hot"] = (x[:, 0] > 0).astype(int)
+    frame["wet"] = (x[:, 1] > 0).astype(int)
+    frame["tags"] = [",".join(t for t, on in (("hot", h), ("wet", w)) if on) for h, w in zip(frame.hot, frame.wet)]
+    frame.to_parquet(tmp_path / "t.parquet")
+
+    code, out, err = run_cli("train", str(tmp_path / "t.parquet"), "-t", "hot", "-t", "wet", "--out", str(tmp_path / "ml"), *FAST)
+    assert code == 0, err
+    assert "subset_accuracy" in out and "hamming_loss" in out
+    code, out, err = run_cli("predict", str(tmp_path / "ml"), str(tmp_path / "t.parquet"))
+    assert code == 0 and out.splitlines()[0] == "prediction,proba_hot,proba_wet"
+
+    code, _, err = run_cli("train", str(tmp_path / "t.parquet"), "-t", "tags", "--label-sep", ",",
+                           "--out", str(tmp_path / "sep"), "--epochs", "60", "--hidden", "16", "--patience", "0", "-q")
+    assert code == 0, err
+    code, out, _ = run_cli("predict", str(tmp_path / "sep"), str(tmp_path / "t.parquet"))
+    pred = pd.read_csv(__import__("io").StringIO(out), keep_default_na=False)
+    assert set(pred["prediction"]) <= {"", "hot", "wet", "hot,wet"}
+    assert (pred["prediction"] == frame["tags"]).mean() > 0.8
+
+    code, out, err = run_cli("train", "blobs", "--preset", "blob", "--out", str(tmp_path / "mc"), "-q")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "mc" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9 and len(metrics["test"]["confusion_matrix"]) == 4
