@@ -134,3 +134,9 @@ def test_early_stopping_restores_the_best_weights():
     assert len(result.history) < 200
     best = min(r["val_loss"] for r in result.history)
     assert result.metrics["validation"]["log_loss"] == pytest.approx(best, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["circle-v0", "circle-v1", "circle-v2", "blob"])
+def test_tutorial_presets_have_no_dropout_whatever_the_defaults(name):
+    config = api.make_config(name)
+    assert config.model.dropout == 0.0 and config.model.norm == "none"

@@ -79,22 +79,22 @@ _TUTORIAL_SGD = {"optimizer": "sgd", "lr": 0.1, "batch_size": None, "patience": 
 PRESETS: dict[str, Preset] = {
     "circle-v0": Preset(
         "the tutorial's first model: 2-5-1, no activation (draws a straight line)",
-        ModelConfig(hidden=(5,), activation="linear"),
+        ModelConfig(hidden=(5,), activation="linear", dropout=0.0, norm="none"),
         {**_TUTORIAL_SGD, "epochs": 100},
     ),
     "circle-v1": Preset(
         "more layers, units and epochs: 2-10-10-1, still linear",
-        ModelConfig(hidden=(10, 10), activation="linear"),
+        ModelConfig(hidden=(10, 10), activation="linear", dropout=0.0, norm="none"),
         {**_TUTORIAL_SGD, "epochs": 1000},
     ),
     "circle-v2": Preset(
         "circle-v1 with ReLU between layers: the non-linearity that bends the boundary",
-        ModelConfig(hidden=(10, 10), activation="relu"),
+        ModelConfig(hidden=(10, 10), activation="relu", dropout=0.0, norm="none"),
         {**_TUTORIAL_SGD, "epochs": 1000},
     ),
     "blob": Preset(
         "the tutorial's multiclass model: 2-8-8-4, linear",
-        ModelConfig(hidden=(8, 8), activation="linear"),
+        ModelConfig(hidden=(8, 8), activation="linear", dropout=0.0, norm="none"),
         {**_TUTORIAL_SGD, "epochs": 100},
     ),
     "default": Preset("torchclf's default: 256-256 ReLU, dropout 0.2, AdamW, early stopping", ModelConfig(), {}),
