@@ -156,3 +156,20 @@ def test_multiclass_and_multilabel_through_the_cli(tmp_path):
     assert code == 0, err
     metrics = json.loads((tmp_path / "mc" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.9 and len(metrics["test"]["confusion_matrix"]) == 4
+
+
+@pytest.mark.parametrize("args", [["train", "--hiden", "3"], ["nosuch"], ["train", "--epochs", "abc"]])
+def test_usage_errors_exit_2_without_a_traceback(args, capsys):
+    from torchclf.cli import main
+
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "Error:" in err and "Traceback" not in err
+
+
+def test_a_folder_named_like_a_dataset_does_not_shadow_it(tmp_path, monkeypatch):
+    from torchclf.data import resolve_source
+
+    (tmp_path / "wine").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("wine").n_rows == 178

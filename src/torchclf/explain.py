@@ -1,0 +1,205 @@
+"""The tutorial's "logits -> probabilities -> labels", shown for a few rows.
+
+:func:`explain_rows` runs a trained model on some raw rows and keeps every
+step: the raw network outputs (logits), the probabilities the task's output
+function (sigmoid or softmax) makes of them, and the label the threshold or
+argmax picks. :func:`held_out_rows` finds the test rows of a run again, so a
+run folder can be explained without the user handing the data back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from torchclf.data import Dataset, resolve_source, split_dataset
+from torchclf.errors import TorchclfError
+
+
+@dataclass
+class Explanation:
+    """Every step from rows to labels for a few rows.
+
+    Attributes
+    ----------
+    features : DataFrame of shape (n_rows, n_columns)
+        The raw input rows.
+    logits : ndarray of shape (n_rows, n_outputs)
+        What the network returns (1 output for a binary problem).
+    probabilities : ndarray of shape (n_rows, n_classes)
+        After sigmoid (binary, multilabel) or softmax (multiclass).
+    predicted : list
+        The labels after threshold or argmax, decoded to the original values.
+    true : list or None
+        The rows' known labels, when there are any.
+    logit_names, class_names : list of str
+    rule : str
+        One line saying how probabilities became labels for this task.
+    """
+
+    features: pd.DataFrame
+    logits: np.ndarray
+    probabilities: np.ndarray
+    predicted: list
+    true: list | None
+    logit_names: list[str]
+    class_names: list[str]
+    rule: str
+
+    def to_frame(self, max_features: int = 4) -> pd.DataFrame:
+        """One row per input row: a few features, logits, probabilities, label(s).
+
+        Returns
+        -------
+        DataFrame of shape (n_rows, n_shown_features + n_outputs + n_classes + 1 or 2)
+        """
+        shown = self.features.iloc[:, :max_features].reset_index(drop=True).copy()
+        for j, name in enumerate(self.logit_names):
+            shown[name] = self.logits[:, j]
+        for j, name in enumerate(self.class_names):
+            shown[f"p({name})"] = self.probabilities[:, j]
+        shown["predicted"] = [str(v) for v in self.predicted]
+        if self.true is not None:
+            shown["true"] = [str(v) for v in self.true]
+        return shown
+
+
+def describe_rule(task, classes: list[str] | None = None) -> str:
+    """How this task turns logits into probabilities and probabilities into labels, in one line."""
+    if task.output_activation == "softmax":
+        return "probabilities = softmax(logits), one per class, summing to 1; label = the class with the largest"
+    if task.n_outputs == 1:
+        neg, pos = (classes or ["0", "1"])[:2]
+        return (f"p({pos}) = sigmoid(logit), p({neg}) = 1 - p({pos}); "
+                f"label = {pos} if p({pos}) >= {task.threshold:g}, else {neg}")
+    return f"probabilities = sigmoid(logit) per label, independently; labels = those with p >= {task.threshold:g}"
+
+
+def explain_rows(predictor, rows: pd.DataFrame, true=None) -> Explanation:
+    """Follow ``rows`` through the model, keeping logits, probabilities and labels.
+
+    Parameters
+    ----------
+    predictor : Predictor
+    rows : DataFrame of shape (n_rows, n_columns)
+        Raw feature columns, as for :meth:`Predictor.predict`.
+    true : Series of shape (n_rows,) or DataFrame of shape (n_rows, n_labels), optional
+        Known labels to show beside the predictions.
+    """
+    logits = predictor.predict_logits(rows, where="explain")
+    task = predictor.task
+    proba = task.probabilities(torch.from_numpy(logits)).numpy()
+    indices = task.labels(torch.from_numpy(proba)).numpy()
+    predicted = predictor.labels.decode(indices, predictor.label_sep)
+    truth = None
+    if true is not None:
+        encoded = predictor.labels.encode(true, "explain (labels)")
+        truth = predictor.labels.decode(encoded, predictor.label_sep)
+    classes = [str(c) for c in predictor.classes]
+    logit_names = ["logit"] if task.n_outputs == 1 else [f"logit({c})" for c in classes]
+    return Explanation(rows.reset_index(drop=True), logits, proba, list(predicted), truth,
+                       logit_names, classes, describe_rule(task, classes))
+
+
+def held_out_rows(predictor, data: str | None = None, target: list[str] | None = None) -> tuple[Dataset, str]:
+    """Labelled rows to look at: ``data`` if given, else the run's own test split.
+
+    The test split is rebuilt from the source recorded in the run (a built-in
+    dataset spec or a file path) with the run's seed and split sizes, and is
+    checked against the row counts the run recorded.
+
+    Returns
+    -------
+    rows : Dataset
+    description : str
+        Where the rows came from, for titles.
+    """
+    if data is not None:
+        ds = resolve_source(data, list(target or predictor.target_columns) or None, label_sep=predictor.label_sep)
+        return ds, data
+    summary = (predictor.extra or {}).get("data") or {}
+    source = summary.get("name")
+    fix = "pass the labelled rows to use as DATA"
+    if not source or source in ("data", "DataFrame"):
+        raise TorchclfError(f"the run does not record a data source it can re-read (it was trained from memory); {fix}")
+    try:
+        ds = _reread(source, predictor)
+    except TorchclfError as exc:
+        raise TorchclfError(f"the run's data source {source!r} cannot be re-read ({exc}); {fix}") from None
+    cfg = predictor.config
+    splits = split_dataset(ds, test_size=cfg.data.test_size, validation_size=cfg.data.validation_size,
+                           seed=cfg.train.seed)
+    part, name = (splits.test, "test") if splits.test is not None else (splits.validation, "validation")
+    expected = (summary.get("split_rows") or {}).get(name)
+    if part is None or (expected is not None and part.n_rows != expected):
+        raise TorchclfError(f"{source}: re-splitting does not give the run's {name} rows "
+                            f"(it was trained with a separate test file or the data changed); {fix}")
+    return part, f"{source} ({name} split)"
+
+
+def _reread(source: str, predictor) -> Dataset:
+    """The recorded source again; a built-in spec wins over a same-named folder or file made since."""
+    from pathlib import Path
+
+    from torchclf.data.builtin import is_builtin, load_builtin
+    from torchclf.data.sources import TABLE_SUFFIXES
+
+    if Path(source).suffix.lower() not in TABLE_SUFFIXES and is_builtin(source):
+        features, y, _ = load_builtin(source)
+        return Dataset(features=features, target=y, name=source)
+    return resolve_source(source, list(predictor.target_columns) or None, label_sep=predictor.label_sep)
+
+
+def pick_rows(ds: Dataset, n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.Series | pd.DataFrame]:
+    """Up to ``n`` rows, drawn so that each class appears when there are few classes.
+
+    Returns
+    -------
+    features : DataFrame of shape (min(n, n_rows), n_columns)
+    target : Series or DataFrame with the same rows
+    """
+    if n < 1:
+        raise TorchclfError(f"--rows: expected at least 1 row, got {n}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(ds.n_rows)
+    if not ds.multilabel:
+        # Round-robin over classes so a handful of rows still shows every class.
+        labels = ds.target.astype(str).to_numpy()[order]
+        groups = [order[labels == c] for c in pd.unique(labels)]
+        order = np.array([g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)])
+    chosen = np.sort(order[:n])
+    return ds.features.iloc[chosen].reset_index(drop=True), ds.target.iloc[chosen].reset_index(drop=True)
+
+
+def rows_to_explain(predictor, data: str | None = None, target: list[str] | None = None, n: int = 5,
+                    seed: int = 0) -> tuple[pd.DataFrame, pd.Series | pd.DataFrame | None, str]:
+    """A few rows to follow through the model, with their labels when known.
+
+    Without ``data``: rows of the run's own test split. With ``data`` (a file
+    or built-in dataset): labelled rows when the target column(s) are there,
+    else its first ``n`` rows, unlabelled.
+
+    Returns
+    -------
+    features : DataFrame of shape (n, n_columns)
+    target : Series or DataFrame of the same rows, or None
+    description : str
+    """
+    from torchclf.data import from_frame, read_table
+    from torchclf.data.builtin import is_builtin
+    from torchclf.data.sources import looks_like_file
+
+    if data is None or (not looks_like_file(data) and is_builtin(data)):
+        ds, where = held_out_rows(predictor, data, target)
+        return (*pick_rows(ds, n, seed), where)
+    if n < 1:
+        raise TorchclfError(f"--rows: expected at least 1 row, got {n}")
+    frame = read_table(data)
+    targets = list(target or predictor.target_columns)
+    if targets and all(t in frame.columns for t in targets):
+        ds = from_frame(frame, targets if len(targets) > 1 else targets[0], label_sep=predictor.label_sep, name=data)
+        return (*pick_rows(ds, n, seed), data)
+    return frame.head(n).reset_index(drop=True), None, f"{data} (first rows, no labels)"
