@@ -1,0 +1,338 @@
+"""NeuralNetClassifier: scikit-learn's own estimator checks, meta-estimators, labels, weights, run folders."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import pickle
+from unittest import SkipTest
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.datasets import make_blobs, make_classification, make_multilabel_classification
+from sklearn.metrics import recall_score
+from sklearn.model_selection import GridSearchCV
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
+
+from torchclf import NeuralNetClassifier, Predictor
+
+# The checked configuration: the default network, only fewer epochs so that the checks stay fast.
+CHECKED = NeuralNetClassifier(max_iter=10, random_state=0)
+
+
+@parametrize_with_checks([CHECKED])
+def test_sklearn_estimator_checks(estimator, check):
+    try:
+        check(estimator)
+    except SkipTest as exc:
+        # A skip is acceptable only where scikit-learn's own MLPClassifier skips the same check here.
+        same_check = functools.partial(check.func, "MLPClassifier", *check.args[1:], **check.keywords)
+        with pytest.raises(SkipTest):
+            same_check(MLPClassifier(max_iter=20))
+        pytest.skip(f"skipped for MLPClassifier too: {exc}")
+
+
+def check_names(estimator) -> set[str]:
+    return {check.func.__name__ for _, check in estimator_checks_generator(estimator, mark=None)}
+
+
+def test_checks_differ_from_mlpclassifiers_only_as_documented():
+    """The tags decide which checks run; docs/estimator.md explains each difference."""
+    ours, mlp = check_names(CHECKED), check_names(MLPClassifier())
+    # We impute NaN (allow_nan) and refuse sparse input; MLPClassifier has no class_weight.
+    assert mlp - ours == {"check_estimators_nan_inf", "check_sample_weight_equivalence_on_sparse_data"}
+    assert ours - mlp == {"check_class_weight_classifiers"}
+
+
+def small(**params) -> NeuralNetClassifier:
+    return NeuralNetClassifier(**{"hidden_layer_sizes": (16,), "max_iter": 30, "lr": 0.01, "random_state": 0, **params})
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    """Numbers, a text column with gaps, NaNs, and string labels."""
+    rng = np.random.default_rng(1)
+    n = 200
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n).astype(object)
+    label = np.where(x1 + 1.5 * (color == "red") - 0.5 * x2 > 0.3, "yes", "no")
+    x2[rng.random(n) < 0.1] = np.nan
+    color[rng.random(n) < 0.05] = None
+    return pd.DataFrame({"x1": x1, "x2": x2, "color": color, "label": label})
+
+
+# ----- labels and problem types -------------------------------------------------------
+def test_early_stopping_holds_out_rows_and_stops(capsys):
+    X, y = make_blobs(200, centers=2, random_state=0)
+    clf = small(early_stopping=True, validation_fraction=0.2, n_iter_no_change=3, max_iter=200, verbose=True)
+    clf.fit(X, y)
+    assert clf.n_iter_ < 200
+    assert all(row["val_loss"] is not None for row in clf.history_)
+    assert "early stopping" in capsys.readouterr().err
+    # Without early stopping nothing is held out, and a plateau of the training loss ends the run.
+    plain = small(max_iter=500, n_iter_no_change=5, tol=1e-2).fit(X, y)
+    assert plain.n_iter_ < 500 and plain.history_[-1]["val_loss"] is None
+
+
+@pytest.mark.parametrize("labels", [["cat", "dog", "emu"], [False, True], [-1, 1], [0.0, 1.0, 2.0]])
+def test_labels_round_trip(labels):
+    X, y = make_blobs(90, centers=len(labels), random_state=0)
+    target = np.asarray(labels, dtype=object if isinstance(labels[0], str) else None)[y]
+    clf = small().fit(X, target)
+    np.testing.assert_array_equal(clf.classes_, np.unique(target))
+    pred = clf.predict(X)
+    assert pred.dtype == np.asarray(target).dtype
+    assert set(pred) <= set(target)
+    assert (pred == target).mean() > 0.85
+    assert clf.predict_proba(X).shape == (90, len(labels))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_multilabel_round_trip_matches_mlpclassifier_shapes():
+    X, Y = make_multilabel_classification(120, n_features=4, n_classes=3, random_state=0)
+    clf = small(max_iter=60).fit(X, Y)
+    mlp = MLPClassifier(max_iter=50, random_state=0).fit(X, Y)
+    proba = clf.predict_proba(X)
+    assert proba.shape == mlp.predict_proba(X).shape == (120, 3)
+    assert clf.predict(X).shape == mlp.predict(X).shape == Y.shape
+    assert clf.predict(X).dtype == Y.dtype
+    np.testing.assert_array_equal(clf.classes_, mlp.classes_)
+    np.testing.assert_array_equal(clf.predict(X), (proba >= 0.5).astype(Y.dtype))
+    assert clf.score(X, Y) > 0.4  # subset accuracy, well above the 1/8 of guessing
+    # A DataFrame y names the labels.
+    named = small(max_iter=5).fit(X, pd.DataFrame(Y, columns=["a", "b", "c"]))
+    assert list(named.classes_) == ["a", "b", "c"]
+
+
+def test_decision_function_is_the_logit_of_predict_proba():
+    X, y = make_classification(100, n_features=4, random_state=0)
+    clf = small().fit(X, y)
+    z = clf.decision_function(X)
+    assert z.shape == (100,)
+    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], 1 / (1 + np.exp(-z)), rtol=1e-12)
+    np.testing.assert_allclose(clf.predict_log_proba(X), np.log(clf.predict_proba(X)))
+
+
+# ----- inputs ---------------------------------------------------------------------
+def test_dataframe_with_categories_and_missing_values(frame):
+    X, y = frame.drop(columns="label"), frame["label"]
+    clf = small(max_iter=60).fit(X, y)
+    assert list(clf.feature_names_in_) == ["x1", "x2", "color"]
+    assert clf.n_features_in_ == 3
+    assert set(clf.predict(X)) <= {"yes", "no"}
+    assert clf.score(X, y) > 0.85
+    # The same preprocessing as the command line: the category is one-hot encoded, gaps flagged.
+    names = clf.predictor_.preprocessor.output_names
+    assert "color=red" in names and "x2__missing" in names
+    with pytest.raises(ValueError, match="feature names"):
+        clf.predict(X[["x2", "x1", "color"]])
+
+
+def test_arrays_get_positional_names_and_nan_is_imputed():
+    X, y = make_classification(80, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+    X[::7, 1] = np.nan
+    clf = small().fit(X, y)
+    assert not hasattr(clf, "feature_names_in_")
+    assert clf.predictor_.preprocessor.feature_names == ["x0", "x1", "x2"]
+    assert np.isfinite(clf.predict_proba(X)).all()
+    X[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        clf.predict(X)
+
+
+def test_sparse_input_is_refused_with_scikit_learns_message():
+    from scipy import sparse
+
+    X, y = make_classification(30, n_features=4, random_state=0)
+    with pytest.raises(TypeError, match="Sparse data was passed for X, but dense data is required"):
+        small().fit(sparse.csr_matrix(X), y)
+
+
+def test_dtype_follows_the_input_unless_given():
+    X, y = make_classification(40, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+    assert small(max_iter=1).fit(X, y).predictor_.dtype.is_floating_point
+    assert str(small(max_iter=1).fit(X, y).predictor_.dtype) == "torch.float64"
+    assert str(small(max_iter=1).fit(X.astype(np.float32), y).predictor_.dtype) == "torch.float32"
+    assert str(small(max_iter=1, dtype="float32").fit(X, y).predictor_.dtype) == "torch.float32"
+
+
+def test_invalid_parameters_fail_in_fit_not_in_init():
+    clf = NeuralNetClassifier(lr=-1.0, activation="nope")  # no error yet
+    with pytest.raises(ValueError, match="'activation' parameter|'lr' parameter"):
+        clf.fit([[0.0], [1.0]], [0, 1])
+
+
+# ----- weights --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def imbalanced():
+    X, y = make_classification(300, n_features=4, weights=[0.9, 0.1], class_sep=0.5, random_state=3)
+    return X, y
+
+
+def test_class_weight_balanced_raises_minority_recall(imbalanced):
+    X, y = imbalanced
+    plain = recall_score(y, small().fit(X, y).predict(X))
+    balanced = recall_score(y, small(class_weight="balanced").fit(X, y).predict(X))
+    by_dict = recall_score(y, small(class_weight={0: 1.0, 1: 9.0}).fit(X, y).predict(X))
+    assert balanced > plain + 0.1
+    assert by_dict > plain + 0.1
+
+
+def test_sample_weight_has_an_effect_and_integer_weights_equal_repeats(frame):
+    X, y = frame.drop(columns="label"), frame["label"].to_numpy()
+    w = np.where(y == "yes", 10.0, 1.0)
+    plain = small(max_iter=10).fit(X, y).predict_proba(X)[:, 1]
+    heavy = small(max_iter=10).fit(X, y, sample_weight=w).predict_proba(X)[:, 1]
+    assert heavy.mean() > plain.mean() + 0.05
+    # Weights 0..3 against rows repeated 0..3 times, through the categorical preprocessing too.
+    # Full batches: with mini-batches the two runs would see different batches.
+    counts = np.random.default_rng(0).integers(0, 4, size=len(X))
+    rows = np.repeat(np.arange(len(X)), counts)
+    weighted = small(max_iter=10, batch_size=None).fit(X, y, sample_weight=counts)
+    repeated = small(max_iter=10, batch_size=None).fit(X.iloc[rows], y[rows])
+    np.testing.assert_allclose(weighted.predict_proba(X), repeated.predict_proba(X), rtol=1e-9)
+
+
+# ----- meta-estimators ------------------------------------------------------------
+def test_in_a_pipeline_with_a_column_transformer(frame):
+    X, y = frame.drop(columns="label"), frame["label"]
+    X = X.assign(x2=X["x2"].fillna(0.0), color=X["color"].fillna("none"))
+    columns = ColumnTransformer([
+        ("num", StandardScaler(), ["x1", "x2"]),
+        ("cat", OneHotEncoder(sparse_output=False, handle_unknown="ignore"), ["color"]),
+    ])
+    pipe = make_pipeline(columns, small(max_iter=60)).fit(X, y)
+    assert pipe.score(X, y) > 0.85
+    assert pipe[-1].n_features_in_ == 6  # two scaled numbers, four colours
+    assert pipe.predict(X.head(3)).tolist() == pipe[-1].predict(columns.transform(X.head(3))).tolist()
+
+
+def test_grid_search_over_network_parameters():
+    X, y = make_classification(120, n_features=5, random_state=0)
+    grid = GridSearchCV(small(max_iter=15), {"hidden_layer_sizes": [(8,), (16, 16)], "dropout": [0.0, 0.2]}, cv=2)
+    grid.fit(X, y)
+    assert len(grid.cv_results_["params"]) == 4
+    assert grid.best_params_["hidden_layer_sizes"] in [(8,), (16, 16)]
+    assert grid.best_estimator_.predictor_.config.model.hidden == tuple(grid.best_params_["hidden_layer_sizes"])
+    assert grid.best_score_ > 0.7
+
+
+def test_calibrated_classifier_cv():
+    X, y = make_classification(150, n_features=5, random_state=1)
+    cal = CalibratedClassifierCV(small(max_iter=20), cv=3, method="sigmoid").fit(X, y)
+    proba = cal.predict_proba(X)
+    assert proba.shape == (150, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert len(cal.calibrated_classifiers_) == 3
+    assert cal.score(X, y) > 0.8
+
+
+# ----- continued training, seeds, pickling ----------------------------------------
+def test_warm_start_and_partial_fit_continue_training():
+    X, y = make_blobs(120, centers=3, random_state=0)
+    cold = small(max_iter=4, n_iter_no_change=0).fit(X, y).fit(X, y)
+    assert cold.n_iter_ == 4
+    warm = small(max_iter=4, n_iter_no_change=0, warm_start=True).fit(X, y)
+    first = warm.predict_proba(X)
+    warm.fit(X, y)
+    assert warm.n_iter_ == 8 and [r["epoch"] for r in warm.history_] == list(range(1, 9))
+    assert not np.allclose(first, warm.predict_proba(X))
+    with pytest.raises(ValueError, match="does not match the target"):
+        warm.fit(X, np.eye(3, dtype=int)[y])  # a multilabel y cannot continue a multiclass model
+
+    inc = small(batch_size=40)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        inc.partial_fit(X, y)
+    inc.partial_fit(X[:60], y[:60], classes=[0, 1, 2])
+    inc.partial_fit(X[60:], y[60:])
+    assert inc.n_iter_ == 2
+    # The optimizer's moments carry over: two epochs of 2 steps each.
+    assert all(int(s["step"]) == 4 for s in inc._optimizer_state["state"].values())
+    with pytest.raises(ValueError, match="not in classes|not seen in training"):
+        inc.partial_fit(X[:5], np.array([0, 1, 2, 3, 0]))
+
+
+def test_random_state_gives_the_same_model():
+    X, y = make_classification(100, n_features=4, random_state=0)
+    a = small(dropout=0.2, batch_size=16).fit(X, y).predict_proba(X)
+    b = small(dropout=0.2, batch_size=16).fit(X, y).predict_proba(X)
+    c = small(dropout=0.2, batch_size=16, random_state=1).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_pickle_round_trip_keeps_predictions_and_training_state(frame):
+    X, y = frame.drop(columns="label"), frame["label"]
+    clf = small(warm_start=True).fit(X, y)
+    copy = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(copy.predict_proba(X), clf.predict_proba(X))
+    assert copy.history_ == clf.history_
+    copy.fit(X, y)  # continues from the unpickled weights and optimizer state
+    assert copy.n_iter_ == 2 * clf.n_iter_
+
+
+# ----- run folders: the estimator and the command line are interchangeable ---------
+@pytest.fixture(scope="module")
+def csv_path(frame, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "rows.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def cli_predictions(run, csv) -> pd.DataFrame:
+    code, out, err = run_cli("predict", str(run), str(csv))
+    assert code == 0, err
+    return pd.read_csv(io.StringIO(out))
+
+
+def test_cli_run_folder_loads_as_an_estimator(csv_path, frame, tmp_path):
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", str(csv_path), "--target", "label", "--out", str(run), "--epochs", "8",
+                           "--hidden", "16,16", "--seed", "3", "--quiet")
+    assert code == 0, err
+    clf = NeuralNetClassifier.load(run)
+    params = clf.get_params()
+    assert params["hidden_layer_sizes"] == (16, 16) and params["random_state"] == 3 and params["max_iter"] == 8
+    assert 1 <= clf.n_iter_ <= 8 and clf.history_[0]["epoch"] == 1
+    X = frame.drop(columns="label")
+    expected = cli_predictions(run, csv_path)
+    assert clf.predict(X).tolist() == expected["prediction"].tolist()
+    np.testing.assert_allclose(clf.predict_proba(X), expected[["proba_no", "proba_yes"]].to_numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(clf.predict_proba(X), Predictor.load(run).predict_proba(X))
+    # A loaded estimator is a fitted scikit-learn estimator: it clones, scores and refits.
+    assert clf.score(X, frame["label"]) == pytest.approx((expected["prediction"] == frame["label"]).mean())
+    assert clf.__class__(**clf.get_params()).fit(X, frame["label"]).n_iter_ >= 1
+
+
+def test_estimator_saves_a_run_folder_the_cli_reads(csv_path, frame, tmp_path):
+    X, y = frame.drop(columns="label"), frame["label"]
+    clf = small(max_iter=20).fit(X, y)
+    run = clf.save(tmp_path / "saved")
+    expected = cli_predictions(run, csv_path)
+    assert clf.predict(X).tolist() == expected["prediction"].tolist()
+    code, out, err = run_cli("evaluate", str(run), str(csv_path), "--target", "label", "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] == pytest.approx(clf.score(X, y))
+    back = NeuralNetClassifier.load(run)
+    assert back.get_params() == clf.get_params()
+    assert back.history_ == clf.history_ and back.n_iter_ == clf.n_iter_
+    np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))  # float64 weights kept
+    with pytest.raises(ValueError, match="already exists and is not empty"):
+        clf.save(run)
+
+
+def test_multilabel_estimator_round_trips_through_a_run_folder(tmp_path):
+    X, Y = make_multilabel_classification(60, n_features=3, n_classes=3, random_state=0)
+    clf = small(max_iter=5).fit(X, Y)
+    back = NeuralNetClassifier.load(clf.save(tmp_path / "ml"))
+    np.testing.assert_array_equal(back.classes_, clf.classes_)
+    np.testing.assert_array_equal(back.predict(X), clf.predict(X))
+    assert back.predict(X).dtype == Y.dtype
