@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from torchclf import engine
+from torchclf import distributed, engine
 from torchclf.config import RunConfig, with_overrides
 from torchclf.data import Dataset, Splits, from_frame, resolve_source, split_dataset
 from torchclf.errors import TorchclfError
@@ -113,9 +113,10 @@ def balanced_class_weight(task: Task, y: np.ndarray) -> torch.Tensor:
 
 
 def tensors(predictor: Predictor, ds: Dataset, where: str, device, sample_weight=None) -> engine.TensorData:
-    X = torch.from_numpy(predictor.preprocessor.transform(ds.features, where))
+    X = predictor.encode(ds.features, where)  # in the network's floating dtype
     y = predictor.task.target_tensor(predictor.labels.encode(ds.target, where))
-    w = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight), dtype=torch.float32)
+    y = y.to(X.dtype) if y.is_floating_point() else y
+    w = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight), dtype=X.dtype)
     return engine.TensorData(X, y, w).to(device)
 
 
@@ -129,13 +130,19 @@ def fit_predictor(
     verbose: bool = False,
     callbacks=None,
     warm_start: Predictor | None = None,
+    dtype: torch.dtype | None = None,
+    optimizer_state: dict | None = None,
 ) -> tuple[Predictor, engine.TrainState]:
     """Fit preprocessing on ``train``, build the network, and train it.
 
     With ``warm_start``, its preprocessing, labels and weights are reused and
-    training continues from them.
+    training continues from them (and from ``optimizer_state``, an earlier
+    ``state.optimizer.state_dict()``). ``dtype`` builds the network in another
+    floating type than float32. ``sample_weight`` also weights the
+    preprocessing statistics.
     """
     set_threads(config.train.threads)
+    distributed.setup(config.train.threads, config.train.device)  # before the device: each rank takes its own GPU
     device = engine.resolve_device(config.train.device)
     if warm_start is not None:
         predictor = warm_start
@@ -143,18 +150,23 @@ def fit_predictor(
     else:
         labels = labels or LabelCoder().fit(train.target)
         task = resolve_task(config, labels, train.name)
-        preprocessor = Preprocessor(config.data.max_categories).fit(train.features)
+        preprocessor = Preprocessor(config.data.max_categories).fit(train.features, sample_weight)
+        if distributed.rows_are_local():  # ranks hold different rows: rank 0's fit serves them all
+            preprocessor = Preprocessor.from_dict(distributed.broadcast(preprocessor.to_dict()))
+        # Every rank fits on the same rows; verify, since ranks that disagree would train different inputs.
+        distributed.check_same([preprocessor.to_dict(), labels.to_dict()], f"{train.name}: preprocessing")
         torch.manual_seed(config.train.seed)
-        model = build_model(preprocessor.n_outputs, task.n_outputs, config.model).to(device)
+        model = build_model(preprocessor.n_outputs, task.n_outputs, config.model).to(device=device, dtype=dtype)
         predictor = Predictor(model, task, preprocessor, labels, config,
                               label_sep=train.label_sep, target_columns=train.target_columns)
     train_t = tensors(predictor, train, f"{train.name} (train)", device, sample_weight)
     val_t = tensors(predictor, validation, f"{validation.name} (validation)", device) if validation is not None else None
     class_weight = None
     if config.train.class_weight == "balanced":
-        class_weight = balanced_class_weight(predictor.task, predictor.labels.encode(train.target))
+        class_weight = balanced_class_weight(predictor.task, predictor.labels.encode(train.target)).to(train_t.X.dtype)
     state = engine.fit(predictor.model, predictor.task, train_t, val_t, config.train,
-                       class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+                       class_weight=class_weight, callbacks=callbacks, verbose=verbose,
+                       optimizer_state=optimizer_state)
     predictor.model.eval()
     return predictor, state
 
@@ -164,6 +176,8 @@ def evaluate(predictor: Predictor, ds: Dataset, where: str | None = None) -> dic
     where = where or ds.name
     y = predictor.labels.encode(ds.target, where)
     proba = predictor.predict_proba(ds.features, where)
+    if distributed.rows_are_local():  # each rank holds a part of the rows: score them all together
+        y, proba = distributed.concat_rows(y), distributed.concat_rows(proba)
     return compute_metrics(predictor.task, y, proba, [str(c) for c in predictor.labels.classes])
 
 
@@ -206,6 +220,8 @@ def train(
     elif test is not None:
         test_ds = as_dataset(test, dataset.target_columns or target, label_sep=dataset.label_sep)
     labels = LabelCoder().fit(dataset.target)
+    if distributed.begin_run(data, config.train):  # each rank read its own part: code the labels of all parts
+        labels = LabelCoder().fit(distributed.all_labels(dataset.target))
     splits = split_dataset(dataset, test_size=config.data.test_size, validation_size=config.data.validation_size,
                            seed=config.train.seed, test=test_ds)
     t0 = time.perf_counter()
@@ -221,6 +237,7 @@ def train(
     summary["split_rows"] = {k: (0 if v is None else v.n_rows) for k, v in vars(splits).items()}
     result = TrainResult(predictor, state.history, metrics, splits, seconds, state.stop_reason,
                          state.best_epoch, data_summary=summary)
+    distributed.end_run()  # under torchrun, rank 0 writes only once every rank has finished
     if out is not None:
         write_run(result, out)
     return result
@@ -270,9 +287,14 @@ def write_plots(result: TrainResult, folder: Path) -> list[Path]:
 
 
 def write_run(result: TrainResult, out: str | Path) -> Path:
-    """Write the run folder atomically: model, metrics.json, history.csv, plots/."""
+    """Write the run folder atomically: model, metrics.json, history.csv, plots/, report.html.
+
+    Under torchrun only rank 0 writes; the other ranks return ``out`` at once.
+    """
     from torchclf.artifact import atomic_folder, write_json
 
+    if not distributed.is_main():
+        return Path(out)
     predictor = result.predictor
     predictor.extra = {
         **predictor.extra,
@@ -286,9 +308,28 @@ def write_run(result: TrainResult, out: str | Path) -> Path:
         predictor.save_model(folder)
         write_json(folder / "metrics.json", result.metrics)
         write_history(folder / "history.csv", result.history)
+        failed = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # plotting warnings are not the user's concern
-            write_plots(result, folder / "plots")
+            # The model and metrics are the run; a picture that fails must not lose them.
+            written = None
+            try:
+                written = write_plots(result, folder / "plots")
+            except Exception as exc:  # noqa: BLE001
+                failed.append(f"plots ({type(exc).__name__}: {exc})")
+            # An empty list means pictures were switched off (as fast tests do): no report either.
+            if written != []:
+                try:
+                    from torchclf.report import write_report
+
+                    part = next(p for p in ("test", "validation", "train") if getattr(result.splits, p) is not None)
+                    rows = getattr(result.splits, part)
+                    write_report(folder, predictor, rows, f"{rows.name} ({part} split)", name=Path(out).name)
+                except Exception as exc:  # noqa: BLE001
+                    failed.append(f"report.html ({type(exc).__name__}: {exc})")
+        if failed:
+            warnings.warn(f"{out}: the run is saved but {' and '.join(failed)} failed; "
+                          f"rebuild the report with `torchclf report {out}`")
     result.run_dir = Path(out)
     return result.run_dir
 

@@ -62,12 +62,71 @@ class EarlyStopping(Callback):
                     f"evaluation(s); best at epoch {self.best_epoch}"
                 )
 
+    def state_dict(self) -> dict:
+        """Counters and best weights, for a resumable checkpoint."""
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best_loss, self.best_epoch = float(d["best_loss"]), int(d["best_epoch"])
+        self.bad_evals, self.best_state = int(d["bad_evals"]), d["best_state"]
+
     def on_train_end(self, state: TrainState) -> None:
         if self.restore_best and self.best_state is not None and self.best_epoch != state.epoch:
             state.model.load_state_dict(self.best_state)
             state.best_epoch = self.best_epoch
         elif self.best_state is not None:
             state.best_epoch = self.best_epoch
+
+
+_LOSS_NAMES = {"train_loss": "training loss", "val_loss": "validation loss"}
+
+
+class DivergenceGuard(Callback):
+    """Stop when the loss stops being a finite number, keeping the last finite weights.
+
+    The weights are copied at the start of each epoch (when they are finite),
+    so a diverged epoch is undone. If the very first epoch diverges there is
+    nothing worth keeping, and training fails with a :class:`TorchclfError`.
+    :class:`EarlyStopping`, placed after this callback, then restores its own
+    best weights where it has them.
+    """
+
+    def __init__(self, lr: float):
+        self.lr = lr
+        self.kept: dict | None = None
+        self.kept_epoch: int | None = None
+        self.reason = ""
+
+    def on_epoch_begin(self, state: TrainState) -> None:
+        import torch
+
+        params = [p.detach() for p in state.model.parameters()]
+        if params and bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            self.kept = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+            self.kept_epoch = state.epoch - 1
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        from torchclf.errors import TorchclfError
+
+        row = state.last
+        bad = [(name, row[name]) for name in ("train_loss", "val_loss")
+               if row.get(name) is not None and not math.isfinite(row[name])]
+        if not bad:
+            return
+        name, value = bad[0]
+        what = f"training diverged at epoch {state.epoch} (the {_LOSS_NAMES[name]} is {value})"
+        hint = f"retry with a smaller --lr (e.g. {self.lr / 10:g}), or check the data for extreme values"
+        if not self.kept_epoch:
+            raise TorchclfError(f"{what} before any epoch finished cleanly, so no weights are worth keeping; {hint}")
+        state.model.load_state_dict(self.kept)
+        state.stop = True
+        self.reason = f"{what}; stopped and kept the best weights so far; {hint}"
+        state.stop_reason = self.reason
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.reason:  # early stopping may have written its own reason in the same epoch
+            state.stop_reason = self.reason
 
 
 def format_epoch(row: dict) -> str:
@@ -123,7 +182,8 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, state: TrainState) -> None:
         if self.progress is not None:
-            self.progress.update(self.task_id, advance=1, status=format_epoch(state.last)[10:])
+            # completed, not advance: a resumed run starts part-way through.
+            self.progress.update(self.task_id, completed=state.epoch, status=format_epoch(state.last)[10:])
 
     def on_train_end(self, state: TrainState) -> None:
         if self.progress is not None:

@@ -17,6 +17,7 @@ NORMS = ("none", "batch", "layer")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("none", "plateau", "cosine")
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 def _fail(cls: type, name: str, value, expected: str) -> None:
@@ -32,9 +33,9 @@ def _choice(obj, name: str, options: tuple[str, ...]) -> None:
 class ModelConfig:
     """The network: hidden layer sizes, activation, dropout and normalisation."""
 
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
-    dropout: float = 0.0
+    dropout: float = 0.2
     norm: str = "none"
 
     def __post_init__(self) -> None:
@@ -53,22 +54,27 @@ class TrainConfig:
 
     ``batch_size`` None means full batch (the tutorial's loop). ``patience`` 0
     turns early stopping off. ``eval_every`` validates every N epochs.
+    ``threads`` None lets the engine choose (one thread for small models).
+    ``precision`` bfloat16/float16 autocasts the forward pass (float16 on CUDA
+    only); ``compile`` hands the model to ``torch.compile``.
     """
 
     epochs: int = 300
     batch_size: int | None = 64
     optimizer: str = "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
     momentum: float = 0.0
     schedule: str = "plateau"
     patience: int = 30
-    seed: int = 0
+    seed: int = 2
     device: str = "auto"
     eval_every: int = 1
     log_every: int = 0
     threads: int | None = None
     class_weight: str | None = None
+    precision: str = "float32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         cls = type(self)
@@ -95,6 +101,7 @@ class TrainConfig:
             _fail(cls, "threads", self.threads, "at least 1")
         if self.class_weight not in (None, "balanced"):
             _fail(cls, "class_weight", self.class_weight, "None or 'balanced'")
+        _choice(self, "precision", PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from torchclf.callbacks import Callback, EarlyStopping, EpochLogger, ProgressBar
+from torchclf import accel, distributed
+from torchclf.callbacks import Callback, DivergenceGuard, EarlyStopping, EpochLogger, ProgressBar
 from torchclf.config import TrainConfig
 from torchclf.errors import TorchclfError
 from torchclf.task import Task
@@ -57,6 +58,10 @@ class TrainState:
     stop: bool = False
     stop_reason: str = ""
     best_epoch: int | None = None
+    # Exposed so that a checkpoint can save and restore them (see torchclf.checkpoint).
+    scheduler: object = None
+    generator: torch.Generator | None = None
+    callbacks: list = field(default_factory=list)
 
     @property
     def last(self) -> dict:
@@ -81,13 +86,13 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = model.parameters()
-    # foreach=True batches the per-parameter updates into a few kernels.
+    # Fused where available (one kernel for all parameters), else foreach.
     if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, foreach=True
+        return accel.make_optimizer(
+            torch.optim.SGD, params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    return accel.make_optimizer(kind, params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
@@ -99,26 +104,29 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return None
 
 
-def train_step(model, task: Task, loss_fn, optimizer, X, y, w):
+def train_step(model, task: Task, loss_fn, optimizer, X, y, w, precision=accel.FULL_PRECISION):
     """One optimisation step; returns the batch's summed loss and correct count as tensors."""
     optimizer.zero_grad(set_to_none=True)
-    logits = model(X)
-    per_sample = task.per_sample_loss(loss_fn, logits, y)
+    with precision.autocast():
+        logits = model(X)
+    # The loss in at least float32 under any precision (a float64 network keeps float64).
+    per_sample = task.per_sample_loss(loss_fn, logits.to(torch.promote_types(logits.dtype, torch.float32)), y)
     loss = per_sample.mean() if w is None else (per_sample * w).sum() / w.sum()
-    loss.backward()
-    optimizer.step()
+    precision.backward(loss)
+    precision.step(optimizer)
     return loss.detach() * X.shape[0], task.n_correct(logits.detach(), y)
 
 
 def _batches(n: int, batch_size: int | None, generator: torch.Generator, device) -> list[torch.Tensor] | None:
-    """Shuffled index batches for one epoch, or None for a single full batch."""
-    if batch_size is None or batch_size >= n:
+    """Shuffled index batches for one epoch (this rank's share under torchrun), or None for a single full batch."""
+    if distributed.world_size() == 1 and (batch_size is None or batch_size >= n):
         return None
-    order = torch.randperm(n, generator=generator).to(device)
-    return list(torch.split(order, batch_size))
+    order = distributed.shard_permutation(torch.randperm(n, generator=generator)).to(device)
+    return list(torch.split(order, batch_size or len(order)))
 
 
-def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, generator) -> tuple[float, float]:
+def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, generator,
+              precision=accel.FULL_PRECISION) -> tuple[float, float]:
     """Train for one pass over ``data``; returns (mean loss, accuracy)."""
     model.train()
     device = data.X.device
@@ -126,17 +134,19 @@ def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, gen
     total_correct = torch.zeros((), device=device, dtype=torch.int64)
     batches = _batches(len(data), batch_size, generator, device)
     if batches is None:
-        loss, correct = train_step(model, task, loss_fn, optimizer, data.X, data.y, data.weight)
+        loss, correct = train_step(model, task, loss_fn, optimizer, data.X, data.y, data.weight, precision)
         total_loss += loss
         total_correct += correct
     else:
         for idx in batches:
             w = None if data.weight is None else data.weight[idx]
-            loss, correct = train_step(model, task, loss_fn, optimizer, data.X[idx], data.y[idx], w)
+            loss, correct = train_step(model, task, loss_fn, optimizer, data.X[idx], data.y[idx], w, precision)
             total_loss += loss
             total_correct += correct
-    n = len(data)
-    return total_loss.item() / n, total_correct.item() / n
+    # Under torchrun the sums of all ranks together are the single-process sums.
+    total_loss, total_correct, n = distributed.sum_across_ranks(total_loss, total_correct,
+                                                                 distributed.shard_size(len(data)))
+    return total_loss / n, total_correct / n
 
 
 @torch.inference_mode()
@@ -153,15 +163,18 @@ def predict_logits(model: nn.Module, X: torch.Tensor, batch_size: int = 65536) -
 
 
 def evaluate(model, task: Task, loss_fn, data: TensorData) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``data``."""
-    logits = predict_logits(model, data.X)
-    per_sample = task.per_sample_loss(loss_fn, logits, data.y)
-    loss = per_sample.mean() if data.weight is None else (per_sample * data.weight).sum() / data.weight.sum()
-    return loss.item(), task.n_correct(logits, data.y).item() / len(data)
+    """Mean loss and accuracy of ``model`` on ``data`` (under torchrun each rank scores a block of rows)."""
+    rows = distributed.shard_range(len(data))
+    logits = predict_logits(model, data.X[rows])
+    per_sample = task.per_sample_loss(loss_fn, logits, data.y[rows])
+    w = torch.ones_like(per_sample) if data.weight is None else data.weight[rows]
+    loss_sum, weight_sum, correct, n = distributed.sum_across_ranks(
+        (per_sample * w).sum(), w.sum(), task.n_correct(logits, data.y[rows]), per_sample.shape[0])
+    return loss_sum / weight_sum, correct / n
 
 
 def default_callbacks(config: TrainConfig, verbose: bool, has_validation: bool) -> list[Callback]:
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = [DivergenceGuard(config.lr)]
     if has_validation:
         callbacks.append(EarlyStopping(config.patience))
     if verbose:
@@ -170,6 +183,7 @@ def default_callbacks(config: TrainConfig, verbose: bool, has_validation: bool) 
     return callbacks
 
 
+@accel.speed_settings
 def fit(
     model: nn.Module,
     task: Task,
@@ -180,30 +194,46 @@ def fit(
     class_weight: torch.Tensor | None = None,
     callbacks: list[Callback] | None = None,
     verbose: bool = False,
+    optimizer_state: dict | None = None,
 ) -> TrainState:
     """Train ``model`` in place and return the final state (history included).
 
     ``train`` and ``validation`` must already be on the model's device.
     Randomness (shuffling) comes from ``config.seed``; the caller seeds model
-    initialisation.
+    initialisation. ``optimizer_state`` (an earlier run's
+    ``state.optimizer.state_dict()`` for the same optimizer) continues that
+    run's moment estimates.
     """
     if callbacks is None:
         callbacks = default_callbacks(config, verbose, validation is not None and len(validation) > 0)
+    if distributed.setup(config.threads, config.device) and not distributed.is_main():
+        callbacks = [cb for cb in callbacks if not isinstance(cb, (ProgressBar, EpochLogger))]
     device = train.X.device
     loss_fn = task.loss_function(None if class_weight is None else class_weight.to(device))
     optimizer = make_optimizer(model, config)
+    if optimizer_state is not None:
+        # The moments carry over; the hyperparameters are this run's configuration.
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        optimizer.load_state_dict(optimizer_state)
+        for group, fresh in zip(optimizer.param_groups, settings):
+            group.update(fresh)
     scheduler = make_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
-    state = TrainState(model=model, config=config, optimizer=optimizer)
+    state = TrainState(model=model, config=config, optimizer=optimizer, scheduler=scheduler,
+                       generator=generator, callbacks=callbacks)
+    train_model = distributed.wrap(model)  # DDP under torchrun; evaluation and callbacks use the bare model
+    train_model = accel.maybe_compile(train_model, config.compile, device)
+    precision = accel.Precision(config.precision, device)
 
     for cb in callbacks:
         cb.on_train_begin(state)
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(state.epoch + 1, config.epochs + 1):  # a restored checkpoint sets state.epoch
         state.epoch = epoch
         for cb in callbacks:
             cb.on_epoch_begin(state)
         t0 = time.perf_counter()
-        train_loss, train_acc = run_epoch(model, task, loss_fn, optimizer, train, config.batch_size, generator)
+        train_loss, train_acc = run_epoch(train_model, task, loss_fn, optimizer, train, config.batch_size, generator,
+                                          precision)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"]}
         if validation is not None and len(validation) and (epoch % config.eval_every == 0 or epoch == config.epochs):
@@ -218,7 +248,7 @@ def fit(
                 scheduler.step()
         for cb in callbacks:
             cb.on_epoch_end(state)
-        if state.stop:
+        if distributed.any_rank(state.stop):  # ranks stop together, or the others would wait on them
             break
     for cb in callbacks:
         cb.on_train_end(state)

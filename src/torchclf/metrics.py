@@ -58,7 +58,7 @@ def compute_metrics(task: Task, y_true: np.ndarray, proba: np.ndarray, class_nam
             out["f1_macro"] = _f(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
             present = np.unique(y_true)
             if len(present) == len(names):
-                if task.kind == "binary":
+                if len(names) == 2:  # binary, or --task multiclass on two classes: sklearn wants one score column
                     out["roc_auc"] = _f(skm.roc_auc_score(y_true, proba[:, 1]))
                 else:
                     out["roc_auc"] = _f(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))

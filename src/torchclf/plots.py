@@ -129,3 +129,181 @@ def decision_boundary(
         fig.text(0.5, -0.02, f"other columns held at their training median/mode: {shown}"
                  + (" ..." if len(fixed) > 6 else ""), ha="center", fontsize=8)
     return _save(fig, path)
+
+
+# ----- the lab: curves, overlays, grids of boundaries, activation functions ---------
+def _indicator(y_true: np.ndarray, n_columns: int) -> np.ndarray:
+    """Class indices (n_samples,) as a 0/1 matrix (n_samples, n_columns); a matrix passes through."""
+    y = np.asarray(y_true)
+    if y.ndim == 2:
+        return y.astype(int)
+    return (y[:, None] == np.arange(n_columns)[None, :]).astype(int)
+
+
+def roc_pr_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], path: Path,
+                  title: str = "") -> Path | None:
+    """ROC and precision-recall curves in two panels, one curve per class (one-vs-rest) or label.
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n_samples,) or (n_samples, n_labels)
+        Class indices, or a 0/1 matrix for multilabel.
+    proba : ndarray of shape (n_samples, n_classes)
+    class_names : list of str
+
+    Returns
+    -------
+    Path, or None when no class has both positive and negative rows (curves undefined).
+    """
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    proba = np.asarray(proba, dtype=float)
+    Y = _indicator(y_true, proba.shape[1])
+    columns = range(proba.shape[1])
+    if np.asarray(y_true).ndim == 1 and proba.shape[1] == 2:
+        columns = [1]  # class 0's curves mirror class 1's in a two-class problem
+    drawable = [j for j in columns if 0 < Y[:, j].sum() < len(Y)]
+    if not drawable:
+        return None
+    plt = _pyplot()
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
+    cmap = plt.get_cmap("tab10")
+    for j in drawable[:10]:
+        fpr, tpr, _ = roc_curve(Y[:, j], proba[:, j])
+        precision, recall, _ = precision_recall_curve(Y[:, j], proba[:, j])
+        color = cmap(j % 10)
+        roc_ax.plot(fpr, tpr, color=color, label=f"{class_names[j]} (AUC {auc(fpr, tpr):.3f})")
+        ap = average_precision_score(Y[:, j], proba[:, j])
+        pr_ax.plot(recall, precision, color=color, label=f"{class_names[j]} (AP {ap:.3f})")
+    roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve", xlim=(0, 1), ylim=(0, 1.02))
+    pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", xlim=(0, 1), ylim=(0, 1.02))
+    for ax in (roc_ax, pr_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right" if ax is roc_ax else "lower left")
+    if len(drawable) > 10:
+        fig.text(0.5, -0.02, f"showing 10 of {len(drawable)} classes", ha="center", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def compare_learning_curves(histories: dict[str, list[dict]], path: Path, title: str = "") -> Path:
+    """Several runs' loss and accuracy per epoch overlaid: two panels, one colour per run.
+
+    Training curves are solid, validation curves dashed.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("tab10")
+    for k, (name, history) in enumerate(histories.items()):
+        frame = pd.DataFrame(history)
+        color = cmap(k % 10)
+        for ax, metric in ((axes[0], "loss"), (axes[1], "accuracy")):
+            ax.plot(frame["epoch"], frame[f"train_{metric}"], color=color)
+            val = frame[["epoch", f"val_{metric}"]].dropna() if f"val_{metric}" in frame else frame.iloc[:0]
+            if len(val):
+                ax.plot(val["epoch"], val[f"val_{metric}"], color=color, linestyle="--")
+    axes[0].set(xlabel="epoch", ylabel="loss", title="Loss")
+    axes[1].set(xlabel="epoch", ylabel="accuracy (fraction)", title="Accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    # One entry per run plus the two line styles, outside the axes so no curve is hidden.
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=cmap(k % 10), linewidth=2, label=name) for k, name in enumerate(histories)]
+    handles += [Line2D([], [], color="grey", label="train"), Line2D([], [], color="grey", linestyle="--", label="validation")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _region(ax, fig, gx, gy, proba, kind, class_names, cmap, colorbar: bool):
+    if kind == "binary":
+        surface = proba[:, 1].reshape(gx.shape)
+        filled = ax.contourf(gx, gy, surface, levels=np.linspace(0, 1, 21), cmap=cmap, alpha=0.7)
+        ax.contour(gx, gy, surface, levels=[0.5], colors="k", linewidths=1)
+        if colorbar:
+            fig.colorbar(filled, ax=ax, label=f"P({class_names[1]})")
+    else:
+        k = proba.shape[1]
+        surface = proba.argmax(axis=1).reshape(gx.shape)
+        ax.contourf(gx, gy, surface, levels=np.arange(k + 1) - 0.5, cmap=cmap, alpha=0.35, vmin=0, vmax=9)
+
+
+def decision_boundary_grid(
+    models: list[tuple[str, Callable[[pd.DataFrame], np.ndarray]]],
+    rows: pd.DataFrame,
+    labels: np.ndarray,
+    features: tuple[str, str],
+    kind: str,
+    class_names: list[str],
+    path: Path,
+    *,
+    fixed: dict | None = None,
+    resolution: int = 150,
+    columns: int = 4,
+) -> Path:
+    """One decision-boundary panel per model, over the same rows, in a grid.
+
+    Parameters
+    ----------
+    models : list of (title, predict_proba)
+        ``predict_proba`` maps a raw frame to probabilities (n, n_classes).
+    rows : DataFrame of shape (n_samples, n_columns)
+        The points drawn on every panel (for example the shared test rows).
+    labels : ndarray of shape (n_samples,)
+        Class indices of ``rows``, for the points' colours.
+    fixed : dict, optional
+        Values for columns other than ``features`` (say, training medians).
+    """
+    plt = _pyplot()
+    fx, fy = features
+    gx, gy = boundary_grid(rows[fx].to_numpy(dtype=float), rows[fy].to_numpy(dtype=float), resolution)
+    grid = pd.DataFrame({fx: gx.ravel(), fy: gy.ravel()})
+    for name, value in (fixed or {}).items():
+        grid[name] = value
+    n_cols = min(columns, len(models))
+    n_rows = -(-len(models) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 4.0 * n_rows), squeeze=False)
+    cmap = plt.get_cmap("RdYlBu" if kind == "binary" else "tab10")
+    colors = cmap(np.asarray(labels, dtype=float)) if kind == "binary" else cmap(np.asarray(labels) % 10)
+    for ax, (title, predict_proba) in zip(axes.ravel(), models):
+        _region(ax, fig, gx, gy, np.asarray(predict_proba(grid)), kind, class_names, cmap, colorbar=False)
+        ax.scatter(rows[fx], rows[fy], c=colors, s=10, edgecolors="k", linewidths=0.3)
+        ax.set(xlabel=fx, ylabel=fy, title=title)
+    for ax in axes.ravel()[len(models):]:
+        fig.delaxes(ax)
+    if fixed:
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(fixed.items())[:6])
+        fig.text(0.5, -0.02, f"other columns held at their training median/mode: {shown}"
+                 + (" ..." if len(fixed) > 6 else ""), ha="center", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def activation_functions(path: Path) -> Path:
+    """The hand-written ReLU, sigmoid and tanh over [-5, 5], and softmax of example logits: four panels."""
+    import torch
+
+    from torchclf import activations
+
+    plt = _pyplot()
+    x = torch.linspace(-5, 5, 201)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for ax, name in zip(axes[:3], ("relu", "sigmoid", "tanh")):
+        ax.plot(x.numpy(), activations.FUNCTIONS[name](x).numpy(), linewidth=2)
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.axvline(0, color="grey", linewidth=0.6)
+        ax.set(title=name, xlabel="x")
+        ax.grid(alpha=0.3)
+    logits = torch.tensor([1.3, -0.8, 2.4, 0.2])
+    probs = activations.softmax(logits, dim=0)
+    positions = np.arange(len(logits))
+    axes[3].bar(positions - 0.2, logits.numpy(), width=0.4, label="logits")
+    axes[3].bar(positions + 0.2, probs.numpy(), width=0.4, label="softmax (sums to 1)")
+    axes[3].set(title="softmax", xlabel="class", xticks=positions)
+    axes[3].legend(fontsize=8)
+    axes[3].grid(alpha=0.3)
+    return _save(fig, path)

@@ -81,6 +81,11 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The network's floating dtype: float32 unless it was built in another."""
+        return next(self.model.parameters()).dtype
+
     def _frame(self, rows) -> pd.DataFrame:
         if isinstance(rows, pd.DataFrame):
             return rows
@@ -90,22 +95,23 @@ class Predictor:
         return pd.DataFrame(array, columns=self.preprocessor.feature_names[: array.shape[1]])
 
     def encode(self, rows, where: str = "input") -> torch.Tensor:
-        """Preprocessed inputs of shape (n_samples, n_inputs) on the model's device."""
-        X = self.preprocessor.transform(self._frame(rows), where)
-        return torch.from_numpy(X).to(self.device)
+        """Preprocessed inputs of shape (n_samples, n_inputs) on the model's device, in its dtype."""
+        X = self.preprocessor.transform(self._frame(rows), where,
+                                        dtype=np.float64 if self.dtype == torch.float64 else np.float32)
+        return torch.from_numpy(X).to(self.device, dtype=self.dtype)
 
     def predict_logits(self, rows, where: str = "input") -> np.ndarray:
         """Raw network outputs of shape (n_samples, n_outputs)."""
         from torchclf.engine import predict_logits
 
-        return predict_logits(self.model, self.encode(rows, where)).float().cpu().numpy()
+        return _widened(predict_logits(self.model, self.encode(rows, where))).cpu().numpy()
 
     def predict_proba(self, rows, where: str = "input") -> np.ndarray:
         """Probabilities of shape (n_samples, n_classes) (per label for multilabel)."""
         from torchclf.engine import predict_logits
 
         logits = predict_logits(self.model, self.encode(rows, where))
-        return self.task.probabilities(logits.float()).cpu().numpy()
+        return self.task.probabilities(_widened(logits)).cpu().numpy()
 
     def predict_indices(self, rows, where: str = "input") -> np.ndarray:
         return self.task.labels(torch.from_numpy(self.predict_proba(rows, where))).numpy()
@@ -122,3 +128,8 @@ class Predictor:
         for j, name in enumerate(self.labels.classes):
             out[f"proba_{name}"] = proba[:, j]
         return out
+
+
+def _widened(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs as float32; float32 and float64 as they are."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))

@@ -17,6 +17,7 @@ from torchclf.errors import TorchclfError
 
 MISSING = "<missing>"
 OTHER = "<other>"
+MAX_SCALED = 1e6  # standardised inputs are clipped to +-this many standard deviations
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -198,15 +199,21 @@ class Preprocessor:
             )
             values = np.where(np.isinf(values), np.nan, values)
         has_missing = bool(np.isnan(values).any())
-        if weight is None:
-            median = float(np.nanmedian(values)) if not np.isnan(values).all() else 0.0
-            filled = np.where(np.isnan(values), median, values)
-            mean, std = float(filled.mean()), float(filled.std())
-        else:
-            median = _weighted_median(values, weight)
-            filled = np.where(np.isnan(values), median, values)
-            mean = float(np.average(filled, weights=weight))
-            std = float(np.sqrt(np.average((filled - mean) ** 2, weights=weight)))
+        with np.errstate(over="ignore", invalid="ignore"):
+            if weight is None:
+                median = float(np.nanmedian(values)) if not np.isnan(values).all() else 0.0
+                filled = np.where(np.isnan(values), median, values)
+                mean, std = float(filled.mean()), float(filled.std())
+            else:
+                median = _weighted_median(values, weight)
+                filled = np.where(np.isnan(values), median, values)
+                mean = float(np.average(filled, weights=weight))
+                std = float(np.sqrt(np.average((filled - mean) ** 2, weights=weight)))
+        if not (np.isfinite(mean) and np.isfinite(std)):
+            # Values near float64's limit overflow the sums; work in units of the largest one instead.
+            big = float(np.abs(filled).max())
+            mean = float(np.average(filled / big, weights=weight)) * big
+            std = float(np.sqrt(np.average((filled / big - mean / big) ** 2, weights=weight))) * big
         return ColumnSpec(
             name=name,
             kind="numeric",
@@ -272,7 +279,10 @@ class Preprocessor:
                 values = _as_float(series)
                 missing = ~np.isfinite(values)
                 values = np.where(missing, spec.median, values)
-                out[:, j] = (values - spec.mean) / spec.scale
+                with np.errstate(over="ignore"):
+                    z = (values - spec.mean) / spec.scale
+                # However far out a new value lies, the network's input must stay a finite float32.
+                out[:, j] = np.clip(z, -MAX_SCALED, MAX_SCALED)
                 if spec.missing_indicator:
                     out[:, j + 1] = missing
             else:

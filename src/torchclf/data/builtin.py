@@ -79,6 +79,16 @@ def _xor(n_samples: int, noise: float, seed: int):
     return _xy_frame(X), pd.Series(y, name="label")
 
 
+def _checkerboard(n_samples: int, cells: int, noise: float, seed: int):
+    """Points in [-1, 1]^2 labelled by the colour of a ``cells`` x ``cells`` board's square."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1.0, 1.0, size=(n_samples, 2))
+    square = np.floor((X + 1.0) / 2.0 * max(cells, 1)).clip(0, max(cells, 1) - 1).astype(np.int64)
+    y = (square.sum(axis=1) % 2).astype(np.int64)
+    X = X + rng.normal(scale=noise, size=X.shape)
+    return _xy_frame(X), pd.Series(y, name="label")
+
+
 def _multilabel(n_samples: int, n_features: int, n_classes: int, n_labels: int, seed: int):
     from sklearn.datasets import make_multilabel_classification
 
@@ -141,6 +151,12 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
             "four quadrants labelled by XOR, binary",
             _xor,
             {"n_samples": 1000, "noise": 0.05, "seed": 42},
+        ),
+        BuiltinDataset(
+            "checkerboard",
+            "a checkerboard of cells x cells squares in two colours, binary",
+            _checkerboard,
+            {"n_samples": 1000, "cells": 4, "noise": 0.02, "seed": 42},
         ),
         BuiltinDataset(
             "multilabel",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from torchclf.data import shards
 from torchclf.data.builtin import is_builtin, load_builtin
 from torchclf.data.dataset import Dataset
 from torchclf.errors import TorchclfError, closest
@@ -24,6 +25,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise TorchclfError(f"{path}: no such file (check the path)")
+    if shards.reads_part(path):
+        # Under torchrun with TORCHCLF_SHARD_PARQUET=1 each rank reads only its row groups / files.
+        return shards.read_rank_part(path)
     if path.is_dir():
         raise TorchclfError(f"{path}: is a folder, expected a .csv or .parquet file")
     suffix = path.suffix.lower()
@@ -171,7 +175,8 @@ def _split_labels(raw: pd.Series, sep: str) -> pd.DataFrame:
 
 
 def looks_like_file(spec: str) -> bool:
-    return Path(spec).suffix.lower() in TABLE_SUFFIXES or Path(spec).exists() or "/" in spec
+    """A path rather than a built-in dataset name (a folder named ``wine`` does not shadow ``wine``)."""
+    return Path(spec).suffix.lower() in TABLE_SUFFIXES or Path(spec).is_file() or "/" in spec
 
 
 def load_table(
@@ -193,7 +198,8 @@ def resolve_source(
         features, y, _ = load_builtin(spec)
         cols = list(y.columns) if isinstance(y, pd.DataFrame) else [str(y.name)]
         return Dataset(features=features, target=y, name=spec, target_columns=cols)
-    if looks_like_file(spec):
+    if looks_like_file(spec) or (":" not in spec and Path(spec).suffix):
+        # "data.xlsx" is a file name, not a dataset: report the file and its type.
         return load_table(spec, target, label_sep=label_sep)
     load_builtin(spec)  # raises the "unknown dataset" error with a suggestion
     raise AssertionError("unreachable")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from torchclf.data.dataset import Dataset
+from torchclf.errors import TorchclfError
 
 
 @dataclass
@@ -39,6 +41,11 @@ def _cut(ds: Dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     from sklearn.model_selection import train_test_split
 
     index = np.arange(ds.n_rows)
+    if math.ceil(fraction * ds.n_rows) >= ds.n_rows:  # the rule by which scikit-learn would leave nothing to train on
+        raise TorchclfError(
+            f"{ds.name}: {ds.n_rows} row(s) are too few to hold out {fraction:.0%} for testing or validation; "
+            "add rows, or pass --test-size 0 --val-size 0 (or a separate --test file)"
+        )
     strat = _stratify_labels(ds, 2)
     try:
         keep, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=strat)

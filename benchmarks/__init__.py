@@ -1,0 +1,1 @@
+"""torchclf's benchmark suite: ``python -m benchmarks.run --quick|--full`` (see docs/benchmarks.md)."""
