@@ -7,7 +7,6 @@ and whose ``stop`` flag they may set.
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 from typing import TYPE_CHECKING, Callable
@@ -28,6 +27,32 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None: ...
 
 
+class _Snapshot:
+    """A reusable copy of a model's weights and buffers.
+
+    Copying into buffers kept from the last snapshot costs a few in-place
+    copies per epoch, where ``deepcopy(model.state_dict())`` cost more than a
+    small model's whole training step.
+    """
+
+    def __init__(self):
+        self.live: dict | None = None  # the model's own tensors, views that track training
+        self.saved: dict | None = None
+
+    def take(self, model) -> dict:
+        import torch
+
+        if self.live is None:
+            self.live = model.state_dict()
+        if self.saved is None:
+            self.saved = {k: v.detach().clone() for k, v in self.live.items()}
+        else:
+            with torch.no_grad():
+                for buffer, value in zip(self.saved.values(), self.live.values()):
+                    buffer.copy_(value)
+        return self.saved
+
+
 class EarlyStopping(Callback):
     """Stop when the monitored validation loss has not improved for ``patience``
     evaluations, and restore the best weights at the end.
@@ -44,6 +69,7 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.best_state: dict | None = None
         self.bad_evals = 0
+        self._snapshot = _Snapshot()
 
     def on_epoch_end(self, state: TrainState) -> None:
         loss = state.last.get("val_loss")
@@ -52,7 +78,7 @@ class EarlyStopping(Callback):
         if loss < self.best_loss - self.min_delta:
             self.best_loss, self.best_epoch, self.bad_evals = loss, state.epoch, 0
             if self.restore_best:
-                self.best_state = copy.deepcopy(state.model.state_dict())
+                self.best_state = self._snapshot.take(state.model)
         else:
             self.bad_evals += 1
             if self.patience and self.bad_evals >= self.patience:
@@ -97,13 +123,14 @@ class DivergenceGuard(Callback):
         self.kept: dict | None = None
         self.kept_epoch: int | None = None
         self.reason = ""
+        self._snapshot = _Snapshot()
 
     def on_epoch_begin(self, state: TrainState) -> None:
         import torch
 
-        params = [p.detach() for p in state.model.parameters()]
-        if params and bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-            self.kept = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+        params = [p.detach().reshape(-1) for p in state.model.parameters()]
+        if params and bool(torch.cat(params).isfinite().all()):
+            self.kept = self._snapshot.take(state.model)
             self.kept_epoch = state.epoch - 1
 
     def on_epoch_end(self, state: TrainState) -> None:

@@ -299,11 +299,12 @@ def sum_across_ranks(*values) -> list[float]:
     The values travel as one float64 tensor on the first tensor's device, so
     counts stay exact below 2**53. Outside a job the values come back as floats.
     """
+    if not is_distributed():
+        return [float(v) for v in values]
     device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
     packed = torch.stack([torch.as_tensor(v, device=device).to(torch.float64).reshape(()) for v in values])
-    if is_distributed():
-        with _collective("summing across ranks"):
-            dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+    with _collective("summing across ranks"):
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     return packed.tolist()
 
 
