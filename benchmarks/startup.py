@@ -47,7 +47,7 @@ def import_seconds(module: str = "torchclf.cli") -> float:
 def run(help_repeats: int, train_repeats: int, train_args: list[str], log=print) -> dict:
     cmd = command()
     helps = [_timed([*cmd, "--help"]) for _ in range(help_repeats)]
-    log(f"  [startup] --help: " + ", ".join(f"{w:.2f}s" for w, _ in helps))
+    log("  [startup] --help: " + ", ".join(f"{w:.2f}s" for w, _ in helps))
     trains = []
     for r in range(train_repeats):
         with tempfile.TemporaryDirectory() as tmp:

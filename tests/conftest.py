@@ -48,3 +48,30 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(list(args))
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def no_pictures():
+    """Skip plots and the HTML report in tests that are about something else (they cost seconds per run)."""
+    import torchclf.api
+    import torchclf.report
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torchclf.api, "write_plots", lambda *a, **k: [])
+        mp.setattr(torchclf.report, "write_report", lambda *a, **k: None)
+        yield
+
+
+def count_axes(monkeypatch) -> dict:
+    """Record how many axes each figure saved by torchclf.plots had, by file name."""
+    from torchclf import plots
+
+    seen: dict = {}
+    original = plots._save
+
+    def spy(fig, path):
+        seen[path.name] = len(fig.axes)
+        return original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    return seen

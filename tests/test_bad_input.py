@@ -17,16 +17,8 @@ from conftest import run_cli
 TINY = ["--epochs", "1", "--hidden", "2", "--threads", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_pictures():
-    """Plots and the HTML report are not what these rows test, and cost seconds per run."""
-    import torchclf.api
-    import torchclf.report
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torchclf.api, "write_plots", lambda *a, **k: [])
-        mp.setattr(torchclf.report, "write_report", lambda *a, **k: None)
-        yield
+# Plots and the HTML report are not what these rows test, and cost seconds per run.
+pytestmark = pytest.mark.usefixtures("no_pictures")
 
 
 def _frame(n: int = 120, seed: int = 0) -> pd.DataFrame:

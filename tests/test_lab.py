@@ -7,21 +7,10 @@ import csv
 import matplotlib.image as mpimg
 import pytest
 
-from conftest import run_cli
-from torchclf import lab, plots
+from conftest import count_axes, run_cli
+from torchclf import lab
 
 
-def _spy_axes(monkeypatch) -> dict:
-    """Record how many axes each saved figure had, by file name."""
-    seen: dict = {}
-    original = plots._save
-
-    def spy(fig, path):
-        seen[path.name] = len(fig.axes)
-        return original(fig, path)
-
-    monkeypatch.setattr(plots, "_save", spy)
-    return seen
 
 
 def _not_blank(path, min_w=400, min_h=200):
@@ -40,7 +29,7 @@ def _rows(path):
 def study(tmp_path_factory):
     """The tutorial's study, as `torchclf compare circles` runs it (seeded, no per-variant folders)."""
     mp = pytest.MonkeyPatch()
-    seen = _spy_axes(mp)
+    seen = count_axes(mp)
     out = tmp_path_factory.mktemp("lab") / "study"
     try:
         code, stdout, stderr = run_cli("compare", "circles", "--out", str(out), "--no-runs", "-q")
@@ -81,7 +70,7 @@ def test_compare_pictures_have_one_panel_per_variant(study):
 
 
 def test_custom_variants_beyond_two_features_with_runs(tmp_path, monkeypatch):
-    seen = _spy_axes(monkeypatch)
+    seen = count_axes(monkeypatch)
     toml = tmp_path / "variants.toml"
     toml.write_text('[variants]\nwide = "--hidden 32 --epochs 30"\ntanh = "--hidden 8,8 --activation tanh --epochs 30"\n')
     out = tmp_path / "cmp"

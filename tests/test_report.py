@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import count_axes, run_cli
 from torchclf import api, plots
 from torchclf.report import SECTIONS
 
@@ -261,20 +261,10 @@ def test_a_failing_plot_does_not_lose_the_run(tmp_path, monkeypatch):
 
 
 # ----- the pictures' content -------------------------------------------------------------
-def _count_axes(monkeypatch) -> dict:
-    seen: dict = {}
-    original = plots._save
-
-    def spy(fig, path):
-        seen[path.name] = len(fig.axes)
-        return original(fig, path)
-
-    monkeypatch.setattr(plots, "_save", spy)
-    return seen
 
 
 def test_roc_pr_curves_two_panels_and_undefined_case(tmp_path, monkeypatch):
-    seen = _count_axes(monkeypatch)
+    seen = count_axes(monkeypatch)
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 150)
     proba = rng.dirichlet(np.ones(3), 150) * 0.5 + np.eye(3)[y] * 0.5

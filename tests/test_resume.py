@@ -27,16 +27,8 @@ FLAGS = ["--target", "label", "--epochs", "40", "--hidden", "8", "--dropout", "0
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_pictures():
-    """Plots and the HTML report have nothing to do with resuming and cost seconds per run."""
-    import torchclf.api
-    import torchclf.report
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torchclf.api, "write_plots", lambda *a, **k: [])
-        mp.setattr(torchclf.report, "write_report", lambda *a, **k: None)
-        yield
+# Plots and the HTML report have nothing to do with resuming and cost seconds per run.
+pytestmark = pytest.mark.usefixtures("no_pictures")
 
 
 def _env() -> dict:

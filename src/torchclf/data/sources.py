@@ -149,8 +149,8 @@ def from_frame(
 def _indicator_columns(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     for col in frame.columns:
         values = set(pd.unique(frame[col].dropna()))
-        if not values <= {0, 1, True, False}:
-            sample = sorted(map(str, values - {0, 1, True, False}))[:5]
+        if not values <= {0, 1}:
+            sample = sorted(map(str, values - {0, 1}))[:5]
             raise TorchclfError(
                 f"{name}: target column {col!r} must hold 0/1 for a multilabel problem with several "
                 f"--target columns, found {sample}; or give one --target with --label-sep"

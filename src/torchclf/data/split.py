@@ -21,11 +21,11 @@ class Splits:
     test: Dataset | None
 
 
-def _stratify_labels(ds: Dataset, n_parts: int) -> np.ndarray | None:
+def _can_stratify(ds: Dataset, n_parts: int) -> bool:
+    """Whether every class has enough rows to appear in each of ``n_parts`` parts (warns once if not)."""
     if ds.multilabel:
-        return None
-    y = ds.target.astype(str).to_numpy()
-    _, counts = np.unique(y, return_counts=True)
+        return False
+    _, counts = np.unique(ds.target.astype(str).to_numpy(), return_counts=True)
     if counts.min() < n_parts:
         warnings.warn(
             f"{ds.name}: a class has only {counts.min()} row(s), too few to stratify; "
@@ -33,11 +33,11 @@ def _stratify_labels(ds: Dataset, n_parts: int) -> np.ndarray | None:
             UserWarning,
             stacklevel=3,
         )
-        return None
-    return y
+        return False
+    return True
 
 
-def _cut(ds: Dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _cut(ds: Dataset, fraction: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     index = np.arange(ds.n_rows)
@@ -46,7 +46,7 @@ def _cut(ds: Dataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
             f"{ds.name}: {ds.n_rows} row(s) are too few to hold out {fraction:.0%} for testing or validation; "
             "add rows, or pass --test-size 0 --val-size 0 (or a separate --test file)"
         )
-    strat = _stratify_labels(ds, 2)
+    strat = ds.target.astype(str).to_numpy() if stratify else None
     try:
         keep, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=strat)
     except ValueError:
@@ -67,12 +67,15 @@ def split_dataset(
     """
     rest = ds
     test_part = test
-    if test is None and test_size > 0:
-        keep, held = _cut(ds, test_size, seed)
+    cut_test = test is None and test_size > 0
+    parts = 1 + int(cut_test) + int(validation_size > 0)
+    stratify = parts > 1 and _can_stratify(ds, parts)
+    if cut_test:
+        keep, held = _cut(ds, test_size, seed, stratify)
         rest, test_part = ds.take(keep), ds.take(held)
     val_part = None
     if validation_size > 0:
         frac = validation_size / (1.0 - (test_size if test is None else 0.0))
-        keep, held = _cut(rest, min(frac, 0.5), seed + 1)
+        keep, held = _cut(rest, min(frac, 0.5), seed + 1, stratify)
         rest, val_part = rest.take(keep), rest.take(held)
     return Splits(train=rest, validation=val_part, test=test_part)
