@@ -52,7 +52,7 @@ def target_section(target: dict) -> str:
 def predict_section(p: dict) -> str:
     rows = [["torchclf.load(run).predict_proba(DataFrame)", p["predict_proba_rows_per_s_wall"],
              p["predict_proba_rows_per_s_cpu"]],
-            ["bare network on a ready tensor (reference)", p["bare_rows_per_s_wall"], p["bare_rows_per_s_cpu"]]]
+            ["bare network on a ready tensor in 65,536-row chunks (reference)", p["bare_rows_per_s_wall"], p["bare_rows_per_s_cpu"]]]
     return (f"### 4. Prediction, {p['rows']:,} rows, median of {p['repeats']}\n\n"
             + table(["path", "rows/s (wall)", "rows/s (CPU time)"], rows)
             + f"\n\nSingle row through `predict_proba` (one-row DataFrame, preprocessing included), "
