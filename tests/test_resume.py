@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -150,20 +151,29 @@ def test_a_live_writers_partial_folder_is_left_alone(tmp_path):
     assert live.exists()
 
 
-def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_resume_matches(data, reference, monkeypatch):
+@contextlib.contextmanager
+def ctrl_c_at(monkeypatch, epoch: int):
+    """Send this process SIGINT when training reaches ``epoch``, as a user pressing Ctrl-C would."""
     from torchclf import engine
     from torchclf.callbacks import Callback
 
     class PressCtrlC(Callback):
         def on_epoch_begin(self, state):
-            if state.epoch == 5:
+            if state.epoch == epoch:
                 os.kill(os.getpid(), signal.SIGINT)
 
     defaults = engine.default_callbacks
     monkeypatch.setattr(engine, "default_callbacks", lambda *a, **k: [*defaults(*a, **k), PressCtrlC()])
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(engine, "default_callbacks", defaults)
+
+
+def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_resume_matches(data, reference, monkeypatch):
     out = data.parent / "ctrl-c"
-    code, _, err = run_cli("train", str(data), *FLAGS, "--out", str(out))
-    monkeypatch.setattr(engine, "default_callbacks", defaults)
+    with ctrl_c_at(monkeypatch, 5):
+        code, _, err = run_cli("train", str(data), *FLAGS, "--out", str(out))
     assert code == 130
     assert "interrupted; stopped after epoch 5 and saved a checkpoint" in err
     assert f"torchclf train --resume {out}" in err
@@ -227,20 +237,10 @@ def test_resume_refuses_data_that_changed_since_the_checkpoint(data, tmp_path, m
 
 
 def test_damaged_checkpoint_is_a_clear_error(data, tmp_path, monkeypatch):
-    from torchclf import engine
-    from torchclf.callbacks import Callback
-
-    class PressCtrlC(Callback):
-        def on_epoch_begin(self, state):
-            if state.epoch == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    defaults = engine.default_callbacks
-    monkeypatch.setattr(engine, "default_callbacks", lambda *a, **k: [*defaults(*a, **k), PressCtrlC()])
     out = tmp_path / "run"
-    code, _, _ = run_cli("train", str(data), *FLAGS[:2], "--epochs", "5", "--hidden", "4", "--threads", "1", "-q",
-                         "--out", str(out))
-    monkeypatch.setattr(engine, "default_callbacks", defaults)
+    with ctrl_c_at(monkeypatch, 2):
+        code, _, _ = run_cli("train", str(data), *FLAGS[:2], "--epochs", "5", "--hidden", "4", "--threads", "1",
+                             "-q", "--out", str(out))
     assert code == 130
     tensors = checkpoint.latest(checkpoint.folder_for(out)) / checkpoint.TENSORS_NAME
     blob = bytearray(tensors.read_bytes())
