@@ -80,3 +80,20 @@ def test_unseen_labels_are_reported():
 def test_multilabel_decode_joins_with_the_separator():
     coder = LabelCoder().fit(pd.DataFrame({"music": [1], "sports": [0]}))
     assert coder.decode(np.array([[1, 1], [0, 0], [0, 1]]), "|") == ["music|sports", "", "sports"]
+
+
+def test_small_frames_take_the_block_path_with_identical_numbers(monkeypatch, mixed_frame):
+    from torchclf import preprocess
+
+    frame = mixed_frame.drop(columns="label").assign(big=np.linspace(-1e300, 1e300, len(mixed_frame)))
+    frame.loc[0, "x1"] = np.inf
+    pre = Preprocessor().fit(frame.iloc[:200])
+    calls = []
+    original = Preprocessor._scale_block
+    monkeypatch.setattr(Preprocessor, "_scale_block", lambda self, *a: calls.append(1) or original(self, *a))
+    block_path = pre.transform(frame)
+    assert calls, "a small frame should be scaled as one block"
+    monkeypatch.setattr(preprocess, "SMALL_FRAME_ROWS", 0)
+    column_path = pre.transform(frame)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(block_path, column_path)

@@ -15,6 +15,7 @@ import pandas as pd
 from torchclf.data.sources import DataWarning
 from torchclf.errors import TorchclfError
 
+SMALL_FRAME_ROWS = 4096  # up to this many rows, numeric columns are read in one block (see transform)
 MISSING = "<missing>"
 OTHER = "<other>"
 MAX_SCALED = 1e6  # standardised inputs are clipped to +-this many standard deviations
@@ -272,11 +273,13 @@ class Preprocessor:
         self.check_columns(frame, where)
         lookup = _column_lookup(frame, where)
         out = np.empty((len(frame), self.n_outputs), dtype=dtype)
+        numeric = self._small_numeric_block(frame, lookup)
+        if numeric is not None:
+            self._scale_block(numeric, out)
         j = 0
         for spec in self.columns:
-            series = frame[lookup[spec.name]]
-            if spec.kind == "numeric":
-                values = _as_float(series)
+            if spec.kind == "numeric" and numeric is None:
+                values = _as_float(frame[lookup[spec.name]])
                 missing = ~np.isfinite(values)
                 values = np.where(missing, spec.median, values)
                 with np.errstate(over="ignore"):
@@ -285,7 +288,8 @@ class Preprocessor:
                 out[:, j] = np.clip(z, -MAX_SCALED, MAX_SCALED)
                 if spec.missing_indicator:
                     out[:, j + 1] = missing
-            else:
+            elif spec.kind == "categorical":
+                series = frame[lookup[spec.name]]
                 strings = series.astype("object").where(series.notna(), MISSING).astype(str)
                 codes = pd.Index(spec.categories).get_indexer(strings).astype(np.int64)
                 codes[codes < 0] = len(spec.categories)  # unseen -> <other>
@@ -294,6 +298,40 @@ class Preprocessor:
                 block[np.arange(len(frame)), codes] = 1.0
             j += spec.width
         return out
+
+    def _small_numeric_block(self, frame: pd.DataFrame, lookup: dict) -> np.ndarray | None:
+        """All numeric columns of a small frame as one float64 array, or None.
+
+        Taking a column from a DataFrame costs tens of microseconds whatever its
+        length, which dominates predicting one row; one ``to_numpy`` over the
+        numeric columns avoids that. Large frames keep the column-by-column
+        path, which is faster for them (no row-major copy of the whole frame).
+        """
+        names = [lookup[spec.name] for spec in self.columns if spec.kind == "numeric"]
+        if len(frame) > SMALL_FRAME_ROWS or not names:
+            return None
+        sub = frame[names]
+        if not all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in sub.dtypes):
+            return None
+        return sub.to_numpy(dtype="float64", na_value=np.nan)
+
+    def _scale_block(self, values: np.ndarray, out: np.ndarray) -> None:
+        """The numeric columns' imputation, scaling and missing flags for a whole block at once
+        (the same arithmetic as the column-by-column path, so the same numbers)."""
+        specs, positions, j = [], [], 0
+        for spec in self.columns:
+            if spec.kind == "numeric":
+                specs.append(spec)
+                positions.append(j)
+            j += spec.width
+        missing = ~np.isfinite(values)
+        medians, means, scales = (np.array([getattr(s, a) for s in specs]) for a in ("median", "mean", "scale"))
+        with np.errstate(over="ignore"):
+            z = (np.where(missing, medians, values) - means) / scales
+        out[:, positions] = np.clip(z, -MAX_SCALED, MAX_SCALED)
+        flagged = [k for k, spec in enumerate(specs) if spec.missing_indicator]
+        if flagged:
+            out[:, [positions[k] + 1 for k in flagged]] = missing[:, flagged]
 
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
         return self.fit(frame).transform(frame)
