@@ -128,8 +128,10 @@ class DivergenceGuard(Callback):
     def on_epoch_begin(self, state: TrainState) -> None:
         import torch
 
-        params = [p.detach().reshape(-1) for p in state.model.parameters()]
-        if params and bool(torch.cat(params).isfinite().all()):
+        with torch.no_grad():  # views of the weights without autograd bookkeeping
+            params = [p.view(-1) for p in state.model.parameters()]
+            finite = bool(params) and bool(torch.cat(params).isfinite().all())
+        if finite:
             self.kept = self._snapshot.take(state.model)
             self.kept_epoch = state.epoch - 1
 
