@@ -128,8 +128,9 @@ def _batches(n: int, batch_size: int | None, generator: torch.Generator, device)
 def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, generator,
               precision=accel.FULL_PRECISION) -> tuple[float, float]:
     """Train for one pass over ``data``; returns (mean loss, accuracy)."""
-    if not model.training:
-        model.train()
+    # Always switch: ``model`` may be a DDP or compiled wrapper whose own flag
+    # does not show that evaluation left the module inside in eval mode.
+    model.train()
     device = data.X.device
     total_loss = torch.zeros((), device=device)
     total_correct = torch.zeros((), device=device, dtype=torch.int64)
