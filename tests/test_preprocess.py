@@ -56,6 +56,7 @@ def test_state_round_trips_through_json(mixed_frame):
     np.testing.assert_array_equal(pre.transform(features), again.transform(features))
 
 
+@pytest.mark.filterwarnings("ignore:constant column")
 def test_missing_feature_columns_are_named():
     pre = Preprocessor().fit(pd.DataFrame({"a": [1.0], "b": [2.0]}))
     with pytest.raises(TorchclfError, match="missing feature column.*'b'"):
@@ -82,6 +83,7 @@ def test_multilabel_decode_joins_with_the_separator():
     assert coder.decode(np.array([[1, 1], [0, 0], [0, 1]]), "|") == ["music|sports", "", "sports"]
 
 
+@pytest.mark.filterwarnings("ignore:column 'x1'")
 def test_small_frames_take_the_block_path_with_identical_numbers(monkeypatch, mixed_frame):
     from torchclf import preprocess
 
