@@ -173,3 +173,13 @@ def test_a_folder_named_like_a_dataset_does_not_shadow_it(tmp_path, monkeypatch)
     (tmp_path / "wine").mkdir()
     monkeypatch.chdir(tmp_path)
     assert resolve_source("wine").n_rows == 178
+
+
+def test_an_output_the_file_system_refuses_is_one_line_and_leaves_nothing(csv_run, tmp_path):
+    folder, _ = csv_run
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder is needed")
+    code, _, err = run_cli("predict", str(folder / "run"), str(folder / "fruit.csv"),
+                           "--out", str(blocked / "p.csv"))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked"]

@@ -249,15 +249,10 @@ def predict(
 ) -> None:
     """Predict labels and probabilities for new rows, in input order."""
     from torchclf import api
-    from torchclf.data import read_table
-    from torchclf.data.builtin import is_builtin, load_builtin
-    from torchclf.data.sources import looks_like_file
+    from torchclf.data.sources import read_rows
 
     predictor = api.load(run)
-    if not looks_like_file(data) and is_builtin(data):
-        frame = load_builtin(data)[0]
-    else:
-        frame = read_table(data)
+    frame = read_rows(data)
     for note in predictor.preprocessor.input_notes(frame, ignore=predictor.target_columns):
         warnings.warn(f"{data}: {note}")
     result = predictor.predict_frame(frame, where=data)
@@ -270,8 +265,11 @@ def predict(
         raise TorchclfError(f"--out {out}: is a folder; give a file name such as predictions.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
-    result.to_csv(tmp, index=False)
-    tmp.replace(out)
+    try:
+        result.to_csv(tmp, index=False)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write; gone already after the rename
     typer.echo(f"wrote {len(result)} predictions to {out}", err=True)
 
 
@@ -521,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused: permissions, a full disk, a missing folder
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; check the path, its permissions and free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"interrupted; {exc or 'nothing was written'}", file=sys.stderr)

@@ -126,7 +126,7 @@ def held_out_rows(predictor, data: str | None = None, target: list[str] | None =
     if not source or source in ("data", "DataFrame"):
         raise TorchclfError(f"the run does not record a data source it can re-read (it was trained from memory); {fix}")
     try:
-        ds = _reread(source, predictor)
+        ds = resolve_source(source, list(predictor.target_columns) or None, label_sep=predictor.label_sep)
     except TorchclfError as exc:
         raise TorchclfError(f"the run's data source {source!r} cannot be re-read ({exc}); {fix}") from None
     cfg = predictor.config
@@ -138,19 +138,6 @@ def held_out_rows(predictor, data: str | None = None, target: list[str] | None =
         raise TorchclfError(f"{source}: re-splitting does not give the run's {name} rows "
                             f"(it was trained with a separate test file or the data changed); {fix}")
     return part, f"{source} ({name} split)"
-
-
-def _reread(source: str, predictor) -> Dataset:
-    """The recorded source again; a built-in spec wins over a same-named folder or file made since."""
-    from pathlib import Path
-
-    from torchclf.data.builtin import is_builtin, load_builtin
-    from torchclf.data.sources import TABLE_SUFFIXES
-
-    if Path(source).suffix.lower() not in TABLE_SUFFIXES and is_builtin(source):
-        features, y, _ = load_builtin(source)
-        return Dataset(features=features, target=y, name=source)
-    return resolve_source(source, list(predictor.target_columns) or None, label_sep=predictor.label_sep)
 
 
 def pick_rows(ds: Dataset, n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.Series | pd.DataFrame]:
@@ -189,10 +176,9 @@ def rows_to_explain(predictor, data: str | None = None, target: list[str] | None
     description : str
     """
     from torchclf.data import from_frame, read_table
-    from torchclf.data.builtin import is_builtin
-    from torchclf.data.sources import looks_like_file
+    from torchclf.data.sources import names_builtin
 
-    if data is None or (not looks_like_file(data) and is_builtin(data)):
+    if data is None or names_builtin(data):
         ds, where = held_out_rows(predictor, data, target)
         return (*pick_rows(ds, n, seed), where)
     if n < 1:

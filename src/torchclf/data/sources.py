@@ -174,9 +174,13 @@ def _split_labels(raw: pd.Series, sep: str) -> pd.DataFrame:
     return pd.DataFrame(Y, columns=labels)
 
 
-def looks_like_file(spec: str) -> bool:
-    """A path rather than a built-in dataset name (a folder named ``wine`` does not shadow ``wine``)."""
-    return Path(spec).suffix.lower() in TABLE_SUFFIXES or Path(spec).is_file() or "/" in spec
+def names_builtin(spec: str) -> bool:
+    """Whether ``spec`` names a built-in dataset rather than a file.
+
+    A name wins over a same-named folder or extensionless file in the working
+    folder; anything with a table suffix or a path separator is a file.
+    """
+    return Path(spec).suffix.lower() not in TABLE_SUFFIXES and "/" not in spec and is_builtin(spec)
 
 
 def load_table(
@@ -194,12 +198,19 @@ def resolve_source(
     A path to a ``.csv``/``.parquet`` file is read; otherwise ``spec`` names a
     built-in dataset (see :func:`torchclf.data.load_builtin`).
     """
-    if not looks_like_file(spec) and is_builtin(spec):
+    if names_builtin(spec):
         features, y, _ = load_builtin(spec)
         cols = list(y.columns) if isinstance(y, pd.DataFrame) else [str(y.name)]
         return Dataset(features=features, target=y, name=spec, target_columns=cols)
-    if looks_like_file(spec) or (":" not in spec and Path(spec).suffix):
+    if "/" in spec or Path(spec).exists() or (":" not in spec and Path(spec).suffix):
         # "data.xlsx" is a file name, not a dataset: report the file and its type.
         return load_table(spec, target, label_sep=label_sep)
     load_builtin(spec)  # raises the "unknown dataset" error with a suggestion
     raise AssertionError("unreachable")
+
+
+def read_rows(spec: str) -> pd.DataFrame:
+    """The raw rows of a file or built-in dataset, every column kept (for prediction)."""
+    if names_builtin(spec):
+        return load_builtin(spec)[0]
+    return read_table(spec)
