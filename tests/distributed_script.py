@@ -60,9 +60,7 @@ class Misbehave(Callback):
 def main(mode: str, dump: Path, out: str | None) -> None:
     callbacks = None
     if mode != "train":
-        from torchclf.engine import default_callbacks
-
-        callbacks = default_callbacks(config(LOCAL_BATCH).train, False, True) + [Misbehave(mode)]
+        callbacks = [Misbehave(mode)]  # after the standard ones
     result = torchclf.train(DATA, config=config(LOCAL_BATCH), out=out, callbacks=callbacks)
     rank = os.environ["RANK"]
     state = {k: v.tolist() for k, v in result.predictor.model.state_dict().items()}

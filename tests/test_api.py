@@ -30,7 +30,8 @@ def test_multiclass_run_folder_is_complete(blobs_run):
     assert {"model.safetensors", "model.json", "metrics.json", "history.csv", "plots"} <= names
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"train", "validation", "test"}
-    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert metrics == result.metrics  # every number of the run, as measured
+    assert metrics["test"]["n_samples"] == result.splits.test.n_rows
     history = pd.read_csv(out / "history.csv")
     assert len(history) == len(result.history) == 30
     manifest = json.loads((out / "model.json").read_text())
@@ -72,7 +73,9 @@ def test_binary_with_mixed_columns_and_string_labels(mixed_frame):
     assert model.classes == ["no", "yes"]
     proba = model.predict_proba(mixed_frame)
     assert proba.shape == (len(mixed_frame), 2)
-    assert set(model.predict(mixed_frame)) <= {"no", "yes"}
+    labels = model.predict(mixed_frame)
+    assert labels == np.array(["no", "yes"])[model.predict_indices(mixed_frame)].tolist()
+    assert set(labels) == {"no", "yes"}
     # An unseen category and a missing value are handled, not errors.
     odd = mixed_frame.head(2).assign(color=["purple", None], x2=[np.nan, np.nan])
     assert len(model.predict(odd)) == 2
@@ -84,11 +87,13 @@ def test_multilabel_from_indicator_columns():
     model = result.predictor
     assert model.task.kind == "multilabel" and model.task.n_outputs == 5
     m = result.metrics["test"]
-    for key in ("subset_accuracy", "hamming_loss", "f1_micro", "f1_macro"):
-        assert key in m
     test = result.splits.test
     pred = model.predict_indices(test.features)
-    assert m["hamming_loss"] == pytest.approx(skm.hamming_loss(test.target.to_numpy(), pred), abs=1e-6)
+    truth = test.target.to_numpy()
+    assert m["subset_accuracy"] == m["accuracy"] == pytest.approx(skm.accuracy_score(truth, pred), abs=1e-6)
+    assert m["hamming_loss"] == pytest.approx(skm.hamming_loss(truth, pred), abs=1e-6)
+    assert m["f1_micro"] == pytest.approx(skm.f1_score(truth, pred, average="micro"), abs=1e-6)
+    assert m["f1_macro"] == pytest.approx(skm.f1_score(truth, pred, average="macro"), abs=1e-6)
     assert m["f1_micro"] > 0.6
 
 
@@ -114,10 +119,14 @@ def test_arrays_and_a_separate_test_set():
 
 
 def test_same_seed_same_model():
-    a = torchclf.train("moons", config=cfg(seed=3)).predictor
-    b = torchclf.train("moons", config=cfg(seed=3)).predictor
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
-        assert ka == kb and np.array_equal(va.numpy(), vb.numpy())
+    import torch
+
+    a = torchclf.train("moons", config=cfg(seed=3, epochs=5)).predictor.model.state_dict()
+    b = torchclf.train("moons", config=cfg(seed=3, epochs=5)).predictor.model.state_dict()
+    other = torchclf.train("moons", config=cfg(seed=4, epochs=5)).predictor.model.state_dict()
+    assert list(a) == list(b) == list(other) and len(a) == 4
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(torch.equal(a[k], other[k]) for k in a)  # the seed decides the weights
 
 
 def test_presets_build_the_tutorial_models():
@@ -133,10 +142,37 @@ def test_early_stopping_restores_the_best_weights():
     result = torchclf.train("moons", config=api.make_config(train={"epochs": 200, "patience": 5, "lr": 0.05}))
     assert len(result.history) < 200
     best = min(r["val_loss"] for r in result.history)
-    assert result.metrics["validation"]["log_loss"] == pytest.approx(best, rel=1e-3)
+    # The network's own probabilities: the calibrated ones are fitted to these very rows.
+    raw = result.metrics["validation"]["calibration"]["uncalibrated"]["log_loss"]
+    assert raw == pytest.approx(best, rel=1e-3)
 
 
 @pytest.mark.parametrize("name", ["circle-v0", "circle-v1", "circle-v2", "blob"])
 def test_tutorial_presets_have_no_dropout_whatever_the_defaults(name):
     config = api.make_config(name)
     assert config.model.dropout == 0.0 and config.model.norm == "none"
+
+
+def test_final_train_scores_are_of_a_seeded_sample_above_the_limit(monkeypatch, no_pictures, tmp_path):
+    monkeypatch.setattr(api, "MAX_SCORED_TRAIN_ROWS", 120)
+    spec = api.RunSpec("moons:n_samples=400", None, None, None, cfg(epochs=3))
+    a = api.run(spec, out=tmp_path / "a")
+    b = api.run(spec, out=tmp_path / "b")
+    train = a.metrics["train"]
+    assert a.splits.train.n_rows == 280
+    assert train["n_samples"] == 120 and train["sampled"] == {"rows": 120, "of": 280, "seed": 2}
+    assert b.metrics["train"] == train  # the same rows: the sample is seeded
+    # Validation and test rows are scored in full, without a "sampled" entry.
+    assert a.metrics["validation"]["n_samples"] == 40 and a.metrics["test"]["n_samples"] == 80
+    assert "sampled" not in a.metrics["validation"] and "sampled" not in a.metrics["test"]
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["train"]["sampled"] == {"rows": 120, "of": 280, "seed": 2}
+    # Its scores are those of exactly these rows.
+    rows, _ = api.scored_sample(a.splits.train, 2, limit=120)
+    assert api.evaluate(a.predictor, rows)["accuracy"] == train["accuracy"]
+
+
+def test_the_run_folder_records_the_threads_training_used(no_pictures, tmp_path):
+    api.train("moons:n_samples=200", config=cfg(epochs=2, threads=1), out=tmp_path / "run")
+    extra = json.loads((tmp_path / "run" / "model.json").read_text())["extra"]
+    assert extra["threads"] == {"threads": 1, "reason": "requested 1"}

@@ -30,9 +30,24 @@ def csv_run(tmp_path_factory):
     return folder, out
 
 
-def test_train_prints_metrics_and_the_run_folder(csv_run):
+def printed_table(out: str) -> dict[str, dict[str, str]]:
+    """The metrics table of `torchclf train` as {split: {metric: printed text}}."""
+    lines = out.splitlines()
+    header = next(line for line in lines if "split" in line)
+    names = [cell.strip() for cell in header.strip("┃ ").split("┃")]
+    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in lines if line.startswith("│")]
+    return {row[0]: dict(zip(names[1:], row[1:])) for row in rows}
+
+
+def test_train_prints_the_metrics_of_the_run_folder(csv_run):
     folder, out = csv_run
-    assert "accuracy" in out and f"run folder: {folder / 'run'}" in out
+    assert f"run folder: {folder / 'run'}" in out
+    saved = json.loads((folder / "run" / "metrics.json").read_text())
+    table = printed_table(out)
+    assert list(table) == ["train", "validation", "test"]
+    for split, shown in table.items():
+        assert list(shown) == ["accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"]
+        assert shown == {name: f"{saved[split][name]:.4f}" for name in shown}, split
     assert (folder / "run" / "plots" / "learning_curves.png").stat().st_size > 1000
 
 
@@ -59,7 +74,15 @@ def test_evaluate_json_matches_the_test_metrics_format(csv_run):
     code, out, _ = run_cli("evaluate", str(folder / "run"), str(folder / "fruit.csv"), "--json")
     assert code == 0
     metrics = json.loads(out)
-    assert 0.8 < metrics["accuracy"] <= 1.0 and metrics["n_samples"] == 200
+    assert metrics["n_samples"] == 200
+    from sklearn.metrics import accuracy_score
+
+    import torchclf
+
+    frame = pd.read_csv(folder / "fruit.csv")
+    predicted = torchclf.load(folder / "run").predict(frame)
+    assert metrics["accuracy"] == round(accuracy_score(frame["fruit"], predicted), 6)
+    assert metrics["accuracy"] > 0.8  # and the model learned the rule
 
 
 def test_missing_feature_column_is_named(csv_run, tmp_path):
@@ -86,7 +109,7 @@ def test_existing_output_folder_is_not_overwritten(csv_run):
         (["train", "ONECLASS", "--target", "y"], "only one class"),
         (["train", "EMPTY", "--target", "y"], "no data rows"),
         (["train", "moons", "--optimizer", "rmsprop"], "TrainConfig.optimizer: got 'rmsprop'"),
-        (["train", "moons", "--hidden", "6,x"], "--hidden: expected comma-separated"),
+        (["train", "moons", "--hidden", "6,x"], "--hidden: got '6,x', expected comma-separated positive layer sizes"),
         (["train", "moons", "--preset", "circle-v9"], "unknown preset 'circle-v9'"),
         (["predict", "not-a-run", "moons"], "no such run folder"),
     ],

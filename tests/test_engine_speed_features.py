@@ -40,11 +40,14 @@ def _accuracy(model, data):
 
 
 # ----- threads -------------------------------------------------------------------
-def test_small_steps_get_one_thread_and_large_ones_all():
+def test_small_steps_get_one_thread_and_large_ones_one_per_8m_multiply_adds():
     tiny = build_model(2, 1, ModelConfig(hidden=(10, 10), dropout=0.0))
-    wide = build_model(32, 4, ModelConfig(hidden=(256, 256), dropout=0.0))
+    wide = build_model(32, 4, ModelConfig(hidden=(256, 256), dropout=0.0))  # 74,752 weights
     assert accel.choose_threads(tiny, 800, available=8, requested=None) == 1
-    assert accel.choose_threads(wide, 256, available=8, requested=None) == 8
+    assert accel.choose_threads(wide, 64, available=8, requested=None) == 1      # 4.8M multiply-adds a step
+    assert accel.choose_threads(wide, 256, available=8, requested=None) == 2     # 19.1M
+    assert accel.choose_threads(wide, 4096, available=8, requested=None) == 8    # 306M, capped at the cores
+    assert accel.choose_threads(wide, 4096, available=8, requested=None, free=3.2) == 3
 
 
 def test_a_thread_request_is_honoured_up_to_the_available_share():
@@ -53,10 +56,69 @@ def test_a_thread_request_is_honoured_up_to_the_available_share():
     assert accel.choose_threads(model, 10, available=2, requested=16) == 2
 
 
-def test_available_threads_divides_the_cores_between_torchrun_processes(monkeypatch):
-    from torchclf import distributed
+@pytest.mark.parametrize("macs, available, requested, free, expected", [
+    (40_000_000, 4, 3, 0.0, 3),          # a request is exact, whatever the load
+    (40_000_000, 2, 16, 2.0, 2),         # ... capped at this process's cores
+    (100_000, 8, None, 8.0, 1),          # small steps: one thread on an idle machine
+    (15_999_999, 8, None, 8.0, 1),       # ... up to two threads' worth of work
+    (80_000_000, 8, None, None, 8),      # free cores unknown: every available core
+    (20_000_000, 8, None, 8.0, 2),       # at most one thread per 8M multiply-adds
+    (40_000_000, 2, None, 1.6, 2),       # 1.6 cores free rounds to 2
+    (40_000_000, 2, None, 1.4, 1),       # ... 1.4 to 1
+    (40_000_000, 2, None, -2.5, 1),      # a busy machine (others want more than all cores): one thread
+    (80_000_000, 16, None, 5.5, 6),      # 16 cores, 10.5 busy elsewhere: the free ones
+])
+def test_thread_decisions_from_given_facts(macs, available, requested, free, expected):
+    n, reason = accel.decide_threads(macs, available, requested, free)
+    assert n == expected
+    assert reason  # every decision says why (it is saved in model.json)
 
-    monkeypatch.setattr(distributed, "available_cores", lambda: 8)
+
+def test_thread_reasons_name_the_deciding_fact():
+    assert accel.decide_threads(40_000_000, 2, 16, None) == (2, "requested 16, capped at this process's 2 core(s)")
+    assert accel.decide_threads(100_000, 8, None, None) == (1, "small steps (0.1M multiply-adds)")
+    assert accel.decide_threads(40_000_000, 2, None, 0.3) == (1, "1 of 2 cores: other processes leave 0.3 free")
+    assert accel.decide_threads(40_000_000, 2, None, 1.9) == (2, "2 of 2 cores")
+
+
+def test_other_processes_use_is_the_machines_busy_time_less_this_process():
+    # (seconds, busy ticks, all ticks, CPUs, own CPU seconds): over 2 s, 2 CPUs were 75% busy (3 cores' worth
+    # of 4 in ticks, i.e. 1.5 cores), of which this process used 1 CPU-second a second.
+    start, end = (10.0, 1000, 4000, 2, 5.0), (12.0, 1300, 4400, 2, 7.0)
+    assert accel.others_busy_cores(start, end) == pytest.approx(0.5)
+    assert accel.others_busy_cores(None, end) is None
+    assert accel.others_busy_cores(start, start) is None
+
+
+def test_free_cores_take_the_busier_of_now_and_the_load_average(monkeypatch):
+    # Over the last 0.5 s: 1.8 cores busy, 0.8 of them this process's.
+    monkeypatch.setattr(accel, "_LAST_SAMPLE", [(20.0, 0, 0, 2, 0.0)])
+    monkeypatch.setattr(accel, "_cpu_sample", lambda: (20.5, 90, 100, 2, 0.4))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(accel.os, "getloadavg", lambda: (2.5, 0.0, 0.0), raising=False)
+    assert accel.free_cores(2) == pytest.approx(1.0)  # others use 1.0 now; load 2.5 less our 2 threads: 0.5
+    monkeypatch.setattr(accel, "_LAST_SAMPLE", [(20.0, 0, 0, 2, 0.0)])
+    monkeypatch.setattr(accel.os, "getloadavg", lambda: (6.0, 0.0, 0.0), raising=False)
+    assert accel.free_cores(2) == pytest.approx(-2.0)  # others have been asking for 4 cores
+
+
+def test_fit_on_a_busy_machine_trains_with_one_thread_and_says_why(monkeypatch):
+    data = _blobs()
+    wide = build_model(2, 3, ModelConfig(hidden=(256, 256), dropout=0.0))
+    monkeypatch.setattr(accel, "available_threads", lambda: 2)
+    monkeypatch.setattr(accel, "free_cores", lambda cores=None: 0.4)
+    seen = []
+    monkeypatch.setattr(accel, "cpu_settings", lambda n: (seen.append(n), accel.threads(None))[1])
+    engine.fit(wide, Task("multiclass", 3), data, None, _config(epochs=1, batch_size=None))  # 240 rows: 16M
+    assert seen == [1]
+    assert accel.last_thread_choice() == {"threads": 1, "reason": "1 of 2 cores: other processes leave 0.4 free"}
+    monkeypatch.setattr(accel, "free_cores", lambda cores=None: 2.0)
+    engine.fit(wide, Task("multiclass", 3), data, None, _config(epochs=1, batch_size=None))
+    assert seen == [1, 2] and accel.last_thread_choice()["threads"] == 2
+
+
+def test_available_threads_divides_the_cores_between_torchrun_processes(monkeypatch):
+    monkeypatch.setattr(accel, "available_cores", lambda: 8)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     assert accel.available_threads() == 8
     monkeypatch.setenv("RANK", "0")
@@ -169,16 +231,21 @@ def test_compile_without_a_compiler_says_how_to_fix(monkeypatch):
 
 
 # ----- command line --------------------------------------------------------------
-def test_cli_flags_reach_the_saved_configuration(tmp_path):
+def test_cli_flags_reach_the_saved_configuration(tmp_path, monkeypatch, no_pictures):
+    # Both non-default: --compile must reach the engine, not only the saved configuration.
+    compiled = []
+    monkeypatch.setattr(accel.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)  # no real build
     out = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code, _, err = run_cli("train", "blobs", "--epochs", "2", "--precision", "bfloat16", "--no-compile",
-                               "--quiet", "--out", str(out))
+        code, _, err = run_cli("train", "blobs", "--epochs", "2", "--precision", "bfloat16", "--compile",
+                               "--device", "cpu", "--quiet", "--out", str(out))
     assert code == 0, err
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["config"]["train"]["precision"] == "bfloat16"
-    assert manifest["config"]["train"]["compile"] is False
+    assert manifest["config"]["train"]["compile"] is True
+    assert len(compiled) == 1 and isinstance(compiled[0], nn.Module)
 
 
 def test_cli_float16_on_cpu_is_a_one_line_error(tmp_path):

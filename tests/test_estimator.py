@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import json
 import pickle
@@ -20,9 +21,13 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
 from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
 
 from torchclf import NeuralNetClassifier, Predictor
+from torchclf.config import PARAMS
+from torchclf.errors import TorchclfError
+from torchclf.estimator import ESTIMATOR_ONLY, _params_from_config
 
 # The checked configuration: the default network, only fewer epochs so that the checks stay fast.
 CHECKED = NeuralNetClassifier(max_iter=10, random_state=0)
@@ -79,7 +84,20 @@ def test_early_stopping_holds_out_rows_and_stops(capsys):
     assert "early stopping" in capsys.readouterr().err
     # Without early stopping nothing is held out, and a plateau of the training loss ends the run.
     plain = small(max_iter=500, n_iter_no_change=5, tol=1e-2).fit(X, y)
-    assert plain.n_iter_ < 500 and plain.history_[-1]["val_loss"] is None
+    assert plain.history_[-1]["val_loss"] is None
+    assert plain.n_iter_ == plateau_epoch([r["train_loss"] for r in plain.history_], tol=1e-2, patience=5)
+    assert plain.n_iter_ < 500
+
+
+def plateau_epoch(losses: list[float], tol: float, patience: int) -> int | None:
+    """MLPClassifier's rule, written out: the epoch at which the loss has not fallen by tol for patience epochs."""
+    best, bad = float("inf"), 0
+    for epoch, loss in enumerate(losses, start=1):
+        bad = 0 if loss < best - tol else bad + 1
+        best = min(best, loss)
+        if bad >= patience:
+            return epoch
+    return None
 
 
 @pytest.mark.parametrize("labels", [["cat", "dog", "emu"], [False, True], [-1, 1], [0.0, 1.0, 2.0]])
@@ -168,6 +186,127 @@ def test_invalid_parameters_fail_in_fit_not_in_init():
     clf = NeuralNetClassifier(lr=-1.0, activation="nope")  # no error yet
     with pytest.raises(ValueError, match="'activation' parameter|'lr' parameter"):
         clf.fit([[0.0], [1.0]], [0, 1])
+
+
+# ----- parameters from the table ----------------------------------------------------
+TABLE = [p for p in PARAMS if p.estimator_name is not None]
+
+
+def test_parameters_and_defaults_come_from_the_table():
+    """Fails when the table and the estimator drift: a Param missing, a default changed, an unlisted extra."""
+    signature = inspect.signature(NeuralNetClassifier).parameters
+    for p in TABLE:
+        assert p.estimator_name in signature, f"{p.name} -> {p.estimator_name} is not an __init__ parameter"
+        default = signature[p.estimator_name].default
+        assert (type(default), default) == (type(p.estimator_value), p.estimator_value), p.name
+    table_names = {p.estimator_name for p in TABLE}
+    assert set(signature) - table_names == set(ESTIMATOR_ONLY)
+    assert not table_names & set(ESTIMATOR_ONLY)
+    assert set(NeuralNetClassifier._parameter_constraints) == set(signature)
+    # New table parameters are estimator parameters without edits here.
+    assert {"precision", "compile", "eval_every"} <= set(signature)
+    assert "seed" not in signature and "log_every" not in signature
+
+
+def probes(p) -> list:
+    """Values at and around a parameter's bounds, choices and None."""
+    if p.kind == "bool":
+        return [True, False, "yes", 1, None]
+    if p.kind == "str":
+        return [*(p.choices or ()), "nope", 1, None]
+    if p.kind == "sizes":
+        return [None, "64"]  # entries are checked by the table in fit (see below)
+    numbers = [b + d for b in (p.low, p.high) if b is not None for d in (-1, 0, 1)] + [0, 7]
+    if p.kind == "float":
+        numbers += [b + d for b in (p.low, p.high) if b is not None for d in (-1e-9, 1e-9)] + [0.5, 1e9]
+    return numbers + [None, "1"]
+
+
+@pytest.mark.parametrize("p", TABLE, ids=lambda p: p.name)
+def test_constraints_accept_exactly_what_the_table_accepts(p):
+    constraints = {p.estimator_name: NeuralNetClassifier._parameter_constraints[p.estimator_name]}
+    for value in probes(p):
+        try:
+            p.check(value, "table")
+            table_ok = True
+        except TorchclfError:
+            table_ok = False
+        try:
+            validate_parameter_constraints(constraints, {p.estimator_name: value}, caller_name="estimator")
+            estimator_ok = True
+        except InvalidParameterError:
+            estimator_ok = False
+        if p.name in ("hidden", "class_weight") and estimator_ok and not table_ok:
+            continue  # the estimator's documented extensions (an int, a dict) are checked in _fit
+        assert estimator_ok == table_ok, f"{p.name}={value!r}: table {table_ok}, estimator {estimator_ok}"
+
+
+def test_hidden_sizes_the_table_refuses_fail_in_fit():
+    with pytest.raises(TorchclfError, match="ModelConfig.hidden: got \\(4, 0\\)"):
+        small(hidden_layer_sizes=[4, 0]).fit([[0.0], [1.0]], [0, 1])
+
+
+# Valid values of free-text table parameters, which cannot be derived from bounds or choices.
+FREE_TEXT = {"threshold": "balanced_accuracy"}
+
+
+def other_value(p):
+    """A valid value of a table parameter other than the estimator's default."""
+    if p.choices is not None:
+        return next(c for c in p.choices if c != p.estimator_value)
+    if p.kind == "str":
+        assert p.name in FREE_TEXT, f"add a valid value of {p.name} to FREE_TEXT"
+        return FREE_TEXT[p.name]
+    if p.kind == "bool":
+        return not p.estimator_value
+    if p.kind == "sizes":
+        return (5, 3)
+    start = p.estimator_value if p.estimator_value is not None else (p.low or 0)
+    for candidate in (start + 1, start * 2 + 1, (start + (p.high or start + 2)) / 2):
+        candidate = int(candidate) if p.kind == "int" else float(candidate)
+        if candidate != p.estimator_value and p.in_bounds(candidate):
+            return candidate
+    raise AssertionError(f"no other value for {p.name}")
+
+
+def test_every_table_parameter_reaches_the_run_config_and_back():
+    values = {p.estimator_name: other_value(p) for p in TABLE}
+    clf = NeuralNetClassifier(**values, early_stopping=True, validation_fraction=0.25)
+    config = clf._config(seed=11)
+    assert {p.name: config.value(p.name) for p in TABLE} == {p.name: values[p.estimator_name] for p in TABLE}
+    assert (config.train.seed, config.data.test_size, config.data.validation_size) == (11, 0.0, 0.25)
+    assert _params_from_config(config) == {**values, "early_stopping": True, "validation_fraction": 0.25,
+                                           "random_state": 11}
+
+
+@pytest.mark.filterwarnings("ignore:precision=bfloat16:UserWarning")  # CPUs without native bfloat16 emulate it
+def test_precision_and_eval_every_reach_training():
+    X, y = make_classification(60, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+    full = small(max_iter=6, early_stopping=True, eval_every=4, n_iter_no_change=0).fit(X, y)
+    assert [r["val_loss"] is not None for r in full.history_] == [False, False, False, True, False, True]
+    half = small(max_iter=6, precision="bfloat16").fit(X, y)
+    assert half.predictor_.config.train.precision == "bfloat16"
+    assert str(half.predictor_.dtype) == "torch.float32"  # autocast needs a float32 network, even for float64 X
+    plain = small(max_iter=6).fit(X, y)
+    assert [r["train_loss"] for r in half.history_] != [r["train_loss"] for r in plain.history_]
+    with pytest.raises(ValueError, match="precision='bfloat16' needs a float32 network"):
+        small(max_iter=1, precision="bfloat16", dtype="float64").fit(X, y)
+
+
+def test_fit_leaves_torchs_thread_count_as_it_found_it():
+    import torch
+
+    before = torch.get_num_threads()
+    X, y = make_classification(40, n_features=3, n_informative=2, n_redundant=0, random_state=0)
+    try:
+        torch.set_num_threads(2)
+        small(max_iter=2, threads=1).fit(X, y)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(3)
+        small(max_iter=2, threads=1, warm_start=True).fit(X, y).fit(X, y)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----- weights --------------------------------------------------------------------
@@ -260,6 +399,29 @@ def test_warm_start_and_partial_fit_continue_training():
         inc.partial_fit(X[:5], np.array([0, 1, 2, 3, 0]))
 
 
+def test_a_continued_run_keeps_its_validation_rows_and_moves_its_shuffling_on(monkeypatch):
+    from torchclf import api
+
+    seen = []
+
+    def spy(spec, **kwargs):
+        prepared = prepare(spec, **kwargs)
+        validation = prepared.splits.validation
+        seen.append((spec.config.train.seed, None if validation is None else validation.features.to_numpy()))
+        return prepared
+
+    prepare = api.prepare
+    monkeypatch.setattr(api, "prepare", spy)
+    X, y = make_blobs(80, centers=2, random_state=0)
+    small(max_iter=2, warm_start=True, early_stopping=True, n_iter_no_change=0).fit(X, y).fit(X, y)
+    (seed_a, rows_a), (seed_b, rows_b) = seen
+    assert seed_a == seed_b == 0 and rows_a.shape == (8, 2)
+    np.testing.assert_array_equal(rows_a, rows_b)
+    seen.clear()
+    small(max_iter=2, warm_start=True, n_iter_no_change=0).fit(X, y).fit(X, y)
+    assert seen == [(0, None), (2, None)]
+
+
 def test_random_state_gives_the_same_model():
     X, y = make_classification(100, n_features=4, random_state=0)
     a = small(dropout=0.2, batch_size=16).fit(X, y).predict_proba(X)
@@ -299,8 +461,12 @@ def test_cli_run_folder_loads_as_an_estimator(csv_path, frame, tmp_path):
                            "--hidden", "16,16", "--seed", "3", "--quiet")
     assert code == 0, err
     clf = NeuralNetClassifier.load(run)
-    params = clf.get_params()
-    assert params["hidden_layer_sizes"] == (16, 16) and params["random_state"] == 3 and params["max_iter"] == 8
+    # The run's whole configuration, as estimator parameters: the table's CLI defaults plus the flags given.
+    assert clf.get_params() == {
+        **{p.estimator_name: p.default for p in TABLE}, "hidden_layer_sizes": (16, 16), "max_iter": 8,
+        "random_state": 3, "early_stopping": True, "validation_fraction": 0.1,
+        "tol": 1e-4, "dtype": None, "warm_start": False, "verbose": False,
+    }
     assert 1 <= clf.n_iter_ <= 8 and clf.history_[0]["epoch"] == 1
     X = frame.drop(columns="label")
     expected = cli_predictions(run, csv_path)

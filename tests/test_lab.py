@@ -91,11 +91,19 @@ def test_custom_variants_beyond_two_features_with_runs(tmp_path, monkeypatch):
 
 def test_loss_maps_to_task_and_every_improvement_is_a_flag(tmp_path):
     from torchclf.cli import variant_config
+    from torchclf.config import PARAM
 
+    default = variant_config("default", [], {})
     for way, flags, _ in lab.IMPROVEMENTS:
-        config = variant_config(way.replace(" ", "-"), flags.split(), {})
-        assert config is not None, way
-    assert variant_config("x", ["--task", "multiclass"], {}).task == "multiclass"
+        words = flags.split()
+        config = variant_config(way.replace(" ", "-"), words, {})
+        if words[0] == "--task":
+            assert config.task == words[1] and config.values() == default.values(), way
+            continue
+        name = next(p.name for p in PARAM.values() if p.cli_flag == words[0])
+        assert config.value(name) == PARAM[name].parse(words[1]), way
+        others = {k: v for k, v in config.values().items() if k != name}
+        assert others == {k: v for k, v in default.values().items() if k != name}, way
     # Changing the loss on a binary problem: softmax + cross-entropy over two outputs instead of one sigmoid logit.
     out = tmp_path / "loss"
     code, _, stderr = run_cli("compare", "moons:n_samples=300", "--variant", "bce:--hidden 8 --epochs 15",
@@ -147,3 +155,48 @@ def test_variants_file_errors(tmp_path):
     bad.write_text("[other]\nx = '--hidden 3'\n")
     with pytest.raises(ValueError, match=r"\[variants\] table"):
         lab.read_variants_file(bad)
+
+
+def test_a_variant_honours_every_training_flag():
+    """Every table parameter a variant may set reaches its RunConfig (non-default values throughout)."""
+    from test_config import _good_value
+    from torchclf.cli import variant_config
+    from torchclf.config import PARAMS
+
+    own = {p.name: _good_value(p) for p in PARAMS if not p.shared}
+    words = []
+    for p in PARAMS:
+        if p.shared:
+            continue
+        if p.kind == "bool":
+            words.append(p.cli_flag.split("/")[0 if own[p.name] else 1])
+        else:
+            words += [p.cli_flag, p.format(own[p.name])]
+    shared = {"seed": 11, "test_size": 0.25, "validation_size": 0.15}
+    config = variant_config("everything", words, shared)
+    assert config.values() == {**own, **shared}
+
+
+def test_a_variant_may_not_set_what_the_comparison_shares():
+    from torchclf.cli import variant_config
+    from torchclf.config import PARAMS
+    from torchclf.errors import TorchclfError
+
+    for p in PARAMS:
+        if p.shared:
+            with pytest.raises(TorchclfError, match=f"{p.cli_flag} is set once for the whole comparison"):
+                variant_config("x", [p.cli_flag, "0.3" if p.kind == "float" else "5"], {})
+
+
+def test_compare_trains_each_variant_with_its_speed_flags(tmp_path, no_pictures):
+    """`compare -V "x:--precision bfloat16"` used to train in float32: the saved run records what trained."""
+    import json
+
+    out = tmp_path / "speed"
+    code, _, stderr = run_cli("compare", "moons:n_samples=200", "-V", "bf16:--precision bfloat16 --epochs 2 --hidden 4",
+                              "-V", "f32:--epochs 3 --hidden 4 --threads 1 --calibration none", "--out", str(out), "-q")
+    assert code == 0, stderr
+    trained = {name: json.loads((out / "runs" / name / "model.json").read_text())["config"]["train"]
+               for name in ("bf16", "f32")}
+    assert (trained["bf16"]["precision"], trained["bf16"]["epochs"]) == ("bfloat16", 2)
+    assert (trained["f32"]["precision"], trained["f32"]["threads"], trained["f32"]["calibration"]) == ("float32", 1, None)

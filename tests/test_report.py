@@ -144,9 +144,10 @@ def test_explain_section_follows_sigmoid_and_threshold(binary_run):
     header, *rows = report.tables["explain"]
     assert header[:3] == ["x0", "x1", "logit"] and header[-2:] == ["predicted", "true"]
     assert len(rows) == 5
+    temperature = json.loads((out / "model.json").read_text())["calibration"]["temperatures"][0]
     for row in rows:
         values = dict(zip(header, row))
-        p1 = 1 / (1 + np.exp(-float(values["logit"])))
+        p1 = 1 / (1 + np.exp(-float(values["logit"]) / temperature))  # the run's calibration, as predict uses it
         assert float(values["p(1)"]) == pytest.approx(p1, abs=2e-4)
         assert float(values["p(0)"]) == pytest.approx(1 - p1, abs=2e-4)
         assert values["predicted"] == ("1" if p1 >= 0.5 else "0")
@@ -165,7 +166,9 @@ def test_explain_rows_multiclass_softmax_argmax(iris_run):
     assert target.nunique() == 3  # a handful of rows still shows every class
     ex = explain_rows(predictor, features, target)
     assert ex.logits.shape == (6, 3) and ex.probabilities.shape == (6, 3)
-    np.testing.assert_allclose(ex.probabilities, torch.softmax(torch.from_numpy(ex.logits), 1).numpy(), atol=1e-6)
+    temperature = predictor.calibration.temperatures[0]
+    np.testing.assert_allclose(ex.probabilities, torch.softmax(torch.from_numpy(ex.logits) / temperature, 1).numpy(),
+                               atol=1e-6)
     assert [predictor.classes[i] for i in ex.probabilities.argmax(1)] == ex.predicted
     assert ex.predicted == predictor.predict(features)
     assert "softmax" in ex.rule and "test split" in where
@@ -273,3 +276,64 @@ def test_roc_pr_curves_two_panels_and_undefined_case(tmp_path, monkeypatch):
     assert_picture(mpimg.imread(path), 600, 250)
     assert plots.roc_pr_curves(np.zeros(10, int), np.full((10, 2), 0.5), ["a", "b"], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_run_with_a_separate_test_file_is_explained_and_reported_from_its_spec(tmp_path):
+    """`--test FILE` used to go unrecorded: explain failed and the report left out its curves."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"a": rng.normal(size=160), "b": rng.normal(size=160)})
+    frame["y"] = np.where(frame["a"] - frame["b"] > 0, "up", "down")
+    frame.iloc[:120].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[120:].to_csv(tmp_path / "test.csv", index=False)
+    out = tmp_path / "run"
+    code, _, stderr = run_cli("train", str(tmp_path / "train.csv"), "-t", "y", "--test", str(tmp_path / "test.csv"),
+                              "--epochs", "4", "--hidden", "8", "--out", str(out), "-q")
+    assert code == 0, stderr
+    spec = json.loads((out / "model.json").read_text())["extra"]["spec"]
+    assert spec["test"]["path"] == str((tmp_path / "test.csv").resolve()) and len(spec["test"]["sha256"]) == 64
+    code, stdout, stderr = run_cli("explain", str(out), "--rows", "3")
+    assert code == 0, stderr
+    assert "the run's test file" in " ".join(stdout.split()) and stdout.count("│ up ") + stdout.count("│ down ") >= 3
+    (out / "report.html").unlink()
+    code, _, stderr = run_cli("report", str(out), "--rows", "2")
+    assert code == 0 and "warning" not in stderr, stderr
+    report = parse(out / "report.html")
+    assert len(report.sections["roc-pr"]["imgs"]) == 1 and len(report.tables["explain"]) == 1 + 2
+    # The test file changed since: the run says so instead of using other rows.
+    with open(tmp_path / "test.csv", "a", encoding="utf-8") as fh:
+        fh.write("0.5,0.5,up\n")
+    code, _, stderr = run_cli("explain", str(out))
+    assert code == 2 and "has changed since the run trained on it" in stderr and "DATA" in stderr
+
+
+def test_many_classes_show_the_confusion_matrix_as_a_picture_only(tmp_path):
+    from torchclf import report
+
+    k = report.MAX_TABLE_CLASSES + 1
+    cm = (np.eye(k, dtype=int) * 5 + 1).tolist()
+    html = report._confusion_section({"test": {"confusion_matrix": cm}}, [f"c{i}" for i in range(k)], tmp_path, tmp_path)
+    parser = ReportParser()
+    parser.feed(f'<section id="confusion-matrix">{html}</section>')
+    assert "confusion-matrix" not in parser.tables  # no k*k cells of HTML
+    assert len(parser.sections["confusion-matrix"]["imgs"]) == 1
+    assert f"{k} classes: the counts are in metrics.json (test.confusion_matrix)" in html
+    small = report._confusion_section({"test": {"confusion_matrix": cm[:3]}}, ["a", "b", "c"], tmp_path, tmp_path)
+    assert small.count("<tr>") == 1 + 3
+
+
+def test_the_metrics_section_says_when_the_train_split_was_sampled():
+    from torchclf import report
+
+    metrics = {"train": {"n_samples": 100_000, "accuracy": 0.9, "sampled": {"rows": 100_000, "of": 3_500_000,
+                                                                            "seed": 2}},
+               "test": {"n_samples": 1_000_000, "accuracy": 0.89}}
+    html = report._metrics_section(metrics, "multiclass")
+    assert "train: scored on a seeded sample of 100,000 of its 3,500,000 rows" in html
+    assert "test: scored" not in html
+
+
+def test_the_configuration_section_shows_the_threads_training_used():
+    from torchclf import report
+
+    html = report._config_section({"config": {}, "extra": {"threads": {"threads": 1, "reason": "requested 1"}}})
+    assert "<td class=\"l\">threads</td><td class=\"l\">1 (requested 1)</td>" in html

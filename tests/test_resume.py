@@ -20,6 +20,7 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 from torchclf import checkpoint
+from torchclf.callbacks import Callback
 
 # Dropout, mini-batches, a plateau schedule and early stopping's best-weight
 # tracking all carry state across epochs that a resume must restore exactly.
@@ -113,7 +114,13 @@ def test_sigkill_without_checkpoints_leaves_no_run_folder(data):
     assert not out.exists()
     assert not checkpoint.folder_for(out).exists()
     leftovers = [p.name for p in data.parent.iterdir() if p.name.startswith(f".{out.name}.")]
-    assert leftovers == []
+    # Only the name's claim file stays; its lock died with the process, so the next run takes it over.
+    assert leftovers == [f".{out.name}.claim"]
+    from torchclf import artifact
+
+    artifact.claim_run_folder(out)
+    artifact.release_run_folder(out)
+    assert [p.name for p in data.parent.iterdir() if p.name.startswith(f".{out.name}.")] == []
 
 
 def test_kill_while_the_folder_is_being_written_leaves_nothing_visible_and_is_cleaned_next_time(tmp_path):
@@ -230,7 +237,7 @@ def test_resume_refuses_data_that_changed_since_the_checkpoint(data, tmp_path, m
     with open(rows, "a", encoding="utf-8") as fh:
         fh.write("0.1,0.2,x,pos\n")
     code, _, err = run_cli("train", "--resume", str(out))
-    assert code == 2 and "has changed since the checkpoint" in err
+    assert code == 2 and "has changed since the run trained on it" in err
 
     code, _, err = run_cli("predict", str(checkpoint.folder_for(out)), str(rows))
     assert code == 2 and "holds training checkpoints, not a finished run" in err
@@ -248,3 +255,74 @@ def test_damaged_checkpoint_is_a_clear_error(data, tmp_path, monkeypatch):
     tensors.write_bytes(bytes(blob))
     code, _, err = run_cli("train", "--resume", str(out))
     assert code == 2 and "the checkpoint is damaged or was changed" in err
+
+
+# ----- resume as an API call, and paths that come from a checkpoint ----------------------
+class _StopAt(Callback):
+    """Ctrl-C as the user presses it, at the start of a chosen epoch."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+    def on_epoch_begin(self, state):
+        if state.epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _api_config():
+    import torchclf
+
+    return torchclf.make_config(model={"hidden": (8,), "dropout": 0.1},
+                                train={"epochs": 12, "batch_size": 32, "patience": 0, "seed": 3, "threads": 1})
+
+
+def test_resume_is_an_api_call_that_continues_to_the_same_weights(data, tmp_path):
+    import torchclf
+    from torchclf import api
+
+    whole = api.train(str(data), "label", config=_api_config(), out=tmp_path / "whole")
+    out = tmp_path / "stopped"
+    with pytest.raises(checkpoint.TrainingInterrupted, match=r"torchclf train --resume .*stopped"):
+        api.train(str(data), "label", config=_api_config(), out=out, callbacks=[_StopAt(5)])
+    assert not out.exists() and checkpoint.latest(checkpoint.folder_for(out)).name == "epoch-000005"
+    resumed = torchclf.api.resume(out)
+    assert [r["epoch"] for r in resumed.history] == list(range(1, 13))
+    assert _sha(out / "model.safetensors") == _sha(tmp_path / "whole" / "model.safetensors")
+    assert resumed.metrics["test"] == whole.metrics["test"]
+    assert not checkpoint.folder_for(out).exists()
+
+
+def test_resume_writes_where_the_user_points_and_deletes_only_its_own_files(data, tmp_path):
+    """A moved checkpoint folder resumes into the folder named now; a user's file kept beside it stays."""
+    import shutil
+
+    from torchclf import api
+
+    first = tmp_path / "first"
+    with pytest.raises(checkpoint.TrainingInterrupted):
+        api.train(str(data), "label", config=_api_config(), out=first, callbacks=[_StopAt(3)])
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    shutil.move(str(checkpoint.folder_for(first)), str(checkpoint.folder_for(moved)))
+    keep = checkpoint.folder_for(moved) / "keepme" / "important.txt"
+    keep.parent.mkdir()
+    keep.write_text("mine")
+    code, _, err = run_cli("train", "--resume", str(moved), "-q")
+    assert code == 0, err
+    assert (moved / "model.safetensors").is_file() and not first.exists()
+    assert keep.read_text() == "mine"
+    assert sorted(p.name for p in checkpoint.folder_for(moved).iterdir()) == ["keepme"]
+
+
+def test_a_checkpoint_of_the_previous_format_is_refused_with_advice(data, tmp_path):
+    from torchclf import api
+    from torchclf.artifact import read_json, write_json
+
+    out = tmp_path / "old"
+    with pytest.raises(checkpoint.TrainingInterrupted):
+        api.train(str(data), "label", config=_api_config(), out=out, callbacks=[_StopAt(3)])
+    meta = checkpoint.latest(checkpoint.folder_for(out)) / checkpoint.JSON_NAME
+    doc = read_json(meta, "checkpoint")
+    doc["format_version"] = 1
+    write_json(meta, doc)
+    code, _, err = run_cli("train", "--resume", str(out))
+    assert code == 2 and "a checkpoint of torchclf 0.1 (format 1)" in err and "train it again" in err

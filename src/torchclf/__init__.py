@@ -13,7 +13,13 @@ _LAZY = {
     "load": ("torchclf.api", "load"),
     "evaluate": ("torchclf.api", "evaluate"),
     "make_config": ("torchclf.api", "make_config"),
+    "prepare": ("torchclf.api", "prepare"),
+    "fit": ("torchclf.api", "fit"),
+    "run": ("torchclf.api", "run"),
+    "resume": ("torchclf.api", "resume"),
     "TrainResult": ("torchclf.api", "TrainResult"),
+    "RunSpec": ("torchclf.spec", "RunSpec"),
+    "PARAMS": ("torchclf.config", "PARAMS"),
     "Predictor": ("torchclf.predictor", "Predictor"),
     "RunConfig": ("torchclf.config", "RunConfig"),
     "ModelConfig": ("torchclf.config", "ModelConfig"),
@@ -22,6 +28,7 @@ _LAZY = {
     "Task": ("torchclf.task", "Task"),
     "TorchclfError": ("torchclf.errors", "TorchclfError"),
     "NeuralNetClassifier": ("torchclf.estimator", "NeuralNetClassifier"),
+    "tune": ("torchclf.tune", "tune"),  # needs the tune extra (Optuna)
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,37 +1,72 @@
-"""The workflow from a source to a trained, evaluated and saved model.
+"""The workflow from a run specification to a trained, evaluated and saved model, in two phases.
 
-source -> Dataset -> split -> Preprocessor/LabelCoder (fit on train rows) ->
-tensors -> Task + model -> engine.fit -> metrics -> run folder. The command
-line, the estimator and user code all come through here.
+:func:`prepare` (set-up): read the sources, code the labels, split the rows,
+decide the task, fit the preprocessing on the training rows and build the
+seeded network. :func:`fit` (training): the one training loop
+(:func:`torchclf.engine.fit`) with callbacks, then the scores. :func:`run`
+strings them together with checkpoints and the run folder; :func:`resume`
+continues an interrupted run from its newest checkpoint. Every front door
+(the command line, the estimator, the playground, ``compare``) builds a
+:class:`~torchclf.spec.RunSpec` and comes through here; none seeds, builds
+a model or calls the engine itself.
 """
 
 from __future__ import annotations
 
 import csv
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from torchclf import distributed, engine
+from torchclf import accel, artifact, distributed, engine
 from torchclf.config import RunConfig, with_overrides
-from torchclf.data import Dataset, Splits, from_frame, resolve_source, split_dataset
+from torchclf.data import Dataset, Splits, check_target, split_dataset
 from torchclf.errors import TorchclfError
 from torchclf.metrics import compute_metrics
 from torchclf.model import PRESETS, build_model
 from torchclf.predictor import Predictor
 from torchclf.preprocess import LabelCoder, Preprocessor
-from torchclf.task import Task, detect_kind
+from torchclf.spec import RunSpec, as_dataset
+from torchclf.task import resolve_task
+
+__all__ = ["Prepared", "RunSpec", "TrainResult", "as_dataset", "evaluate", "fit", "load", "make_config",
+           "prepare", "resume", "run", "train", "write_run"]
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` sets up: the rows, split, and a predictor whose network is seeded but untrained.
+
+    Attributes
+    ----------
+    spec : RunSpec
+    splits : Splits
+        Train, validation (may be None) and test (may be None) rows.
+    predictor : Predictor
+        Labels, task, preprocessing fitted on the training rows, and the
+        network on its device.
+    data_summary : dict
+        Rows, columns and class balance of the source, and the split sizes.
+    """
+
+    spec: RunSpec
+    splits: Splits
+    predictor: Predictor
+    data_summary: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> RunConfig:
+        return self.spec.config
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the model and what was measured on the way."""
+    """What :func:`fit` returns: the model and what was measured on the way."""
 
     predictor: Predictor
     history: list[dict]
@@ -42,6 +77,10 @@ class TrainResult:
     best_epoch: int | None = None
     run_dir: Path | None = None
     data_summary: dict = field(default_factory=dict)
+    spec: RunSpec | None = None
+    optimizer_state: dict | None = None
+    spec_record: dict | None = None  # spec.describe(), computed once (it hashes the source files)
+    threads: dict | None = None  # the CPU thread count training used, and why (None on a GPU)
 
 
 # ----- configuration -----------------------------------------------------------
@@ -53,132 +92,302 @@ def make_config(preset: str | None = None, *, task: str = "auto", model: dict | 
         if preset not in PRESETS:
             raise TorchclfError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         p = PRESETS[preset]
-        base = RunConfig(model=p.model, task=task, preset=preset)
-        base = with_overrides(base, train=p.train)
+        base = with_overrides(RunConfig(model=p.model, task=task, preset=preset), train=p.train)
     return with_overrides(base, model=model or {}, train=train or {}, data=data or {})
 
 
-def as_dataset(data, target=None, *, label_sep: str | None = None) -> Dataset:
-    """Accept a Dataset, a path or built-in name, a DataFrame, or arrays ``X`` with labels ``target``."""
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, (str, Path)):
-        return resolve_source(str(data), target, label_sep=label_sep)
-    if isinstance(data, pd.DataFrame):
-        if target is not None and not isinstance(target, (str, list, tuple)):
-            y = pd.DataFrame(np.asarray(target)) if np.asarray(target).ndim == 2 else pd.Series(np.asarray(target), name="label")
-            return Dataset(features=data.reset_index(drop=True), target=y.reset_index(drop=True))
-        return from_frame(data, list(target) if isinstance(target, tuple) else target, label_sep=label_sep)
-    X = np.asarray(data)
-    if X.ndim != 2:
-        raise TorchclfError(f"X must be 2-dimensional (n_samples, n_features), got shape {X.shape}")
-    if target is None:
-        raise TorchclfError("labels are required: train(X, y)")
-    y = np.asarray(target)
-    features = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
-    if y.ndim == 2:
-        return Dataset(features, pd.DataFrame(y, columns=[f"label_{j}" for j in range(y.shape[1])]).astype("int64"))
-    return Dataset(features, pd.Series(y, name="label"))
+# ----- phase 1: set-up -----------------------------------------------------------
+def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dtype | None = None,
+            start: Predictor | None = None) -> Prepared:
+    """Read, split and encode the data of ``spec`` and build its seeded network.
 
+    Parameters
+    ----------
+    spec : RunSpec
+    labels : LabelCoder, optional
+        The classes to code the target with (default: those of the data).
+    dtype : torch.dtype, optional
+        Build the network in another floating type than float32.
+    start : Predictor, optional
+        Continue from this trained predictor: its labels, preprocessing and
+        weights are kept and nothing new is fitted or seeded (the
+        estimator's ``warm_start`` and ``partial_fit``).
 
-def resolve_task(config: RunConfig, labels: LabelCoder, where: str) -> Task:
-    n = labels.n_classes
-    if not labels.multilabel and n < 2:
-        raise TorchclfError(
-            f"{where}: the target has only one class ({labels.classes[:1]}); a classifier needs at least two"
-        )
-    kind = detect_kind(n, labels.multilabel) if config.task == "auto" else config.task
-    if kind == "multilabel" and not labels.multilabel:
-        raise TorchclfError(f"{where}: --task multilabel needs several 0/1 --target columns or --label-sep")
-    if kind != "multilabel" and labels.multilabel:
-        raise TorchclfError(f"{where}: the target has several label columns; use --task multilabel or auto")
-    if kind == "binary" and n != 2:
-        raise TorchclfError(f"{where}: --task binary needs exactly 2 classes, the target has {n}; use multiclass")
-    return Task(kind, n)
-
-
-def set_threads(threads: int | None) -> None:
-    if threads is not None and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-
-
-# ----- fitting -----------------------------------------------------------------
-def balanced_class_weight(task: Task, y: np.ndarray) -> torch.Tensor:
-    """Weights n_samples / (n_classes * count) per class (positives per label for multilabel)."""
-    if task.kind == "multilabel":
-        pos = y.sum(axis=0).clip(min=1)
-        return torch.as_tensor((len(y) - pos) / pos, dtype=torch.float32)
-    counts = np.bincount(y, minlength=task.n_classes).clip(min=1)
-    return torch.as_tensor(len(y) / (task.n_classes * counts), dtype=torch.float32)
-
-
-def tensors(predictor: Predictor, ds: Dataset, where: str, device, sample_weight=None) -> engine.TensorData:
-    X = predictor.encode(ds.features, where)  # in the network's floating dtype
-    y = predictor.task.target_tensor(predictor.labels.encode(ds.target, where))
-    y = y.to(X.dtype) if y.is_floating_point() else y
-    w = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight), dtype=X.dtype)
-    return engine.TensorData(X, y, w).to(device)
-
-
-def fit_predictor(
-    train: Dataset,
-    validation: Dataset | None,
-    config: RunConfig,
-    *,
-    labels: LabelCoder | None = None,
-    sample_weight=None,
-    verbose: bool = False,
-    callbacks=None,
-    warm_start: Predictor | None = None,
-    dtype: torch.dtype | None = None,
-    optimizer_state: dict | None = None,
-) -> tuple[Predictor, engine.TrainState]:
-    """Fit preprocessing on ``train``, build the network, and train it.
-
-    With ``warm_start``, its preprocessing, labels and weights are reused and
-    training continues from them (and from ``optimizer_state``, an earlier
-    ``state.optimizer.state_dict()``). ``dtype`` builds the network in another
-    floating type than float32. ``sample_weight`` also weights the
-    preprocessing statistics.
+    Under ``torchrun`` this joins the job; ranks reading their own part of a
+    sharded Parquet source code the labels of all parts together and share
+    rank 0's preprocessing.
     """
-    set_threads(config.train.threads)
-    distributed.setup(config.train.threads, config.train.device)  # before the device: each rank takes its own GPU
+    config = spec.config
+    dataset = spec.dataset()
+    check_target(dataset.target, config.task, dataset.name)
+    test = spec.test_dataset(dataset)
+    local_rows = distributed.begin_run(spec.data, config.train)
+    splits = split_dataset(dataset, test_size=config.data.test_size, validation_size=config.data.validation_size,
+                           seed=config.train.seed, test=test)
     device = engine.resolve_device(config.train.device)
-    if warm_start is not None:
-        predictor = warm_start
+    torch.manual_seed(config.train.seed)  # initialisation, and dropout in a continued run
+    if start is not None:
+        predictor = start
         predictor.model.to(device)
     else:
-        labels = labels or LabelCoder().fit(train.target)
-        task = resolve_task(config, labels, train.name)
-        preprocessor = Preprocessor(config.data.max_categories).fit(train.features, sample_weight)
+        if labels is None:
+            labels = LabelCoder().fit(distributed.all_labels(dataset.target) if local_rows else dataset.target)
+        task = resolve_task(config.task, labels.n_classes, labels.multilabel, dataset.name,
+                            labels.classes[0] if labels.classes else None)
+        train = splits.train
+        preprocessor = Preprocessor(config.data.max_categories).fit(train.features, train.weight)
         if distributed.rows_are_local():  # ranks hold different rows: rank 0's fit serves them all
             preprocessor = Preprocessor.from_dict(distributed.broadcast(preprocessor.to_dict()))
         # Every rank fits on the same rows; verify, since ranks that disagree would train different inputs.
         distributed.check_same([preprocessor.to_dict(), labels.to_dict()], f"{train.name}: preprocessing")
-        torch.manual_seed(config.train.seed)
+        torch.manual_seed(config.train.seed)  # the same initial weights whatever the preprocessing drew
         model = build_model(preprocessor.n_outputs, task.n_outputs, config.model).to(device=device, dtype=dtype)
         predictor = Predictor(model, task, preprocessor, labels, config,
-                              label_sep=train.label_sep, target_columns=train.target_columns)
-    train_t = tensors(predictor, train, f"{train.name} (train)", device, sample_weight)
-    val_t = tensors(predictor, validation, f"{validation.name} (validation)", device) if validation is not None else None
-    class_weight = None
-    if config.train.class_weight == "balanced":
-        class_weight = balanced_class_weight(predictor.task, predictor.labels.encode(train.target)).to(train_t.X.dtype)
-    state = engine.fit(predictor.model, predictor.task, train_t, val_t, config.train,
-                       class_weight=class_weight, callbacks=callbacks, verbose=verbose,
-                       optimizer_state=optimizer_state)
-    predictor.model.eval()
-    return predictor, state
+                              label_sep=dataset.label_sep, target_columns=dataset.target_columns)
+    summary = dataset.summary()
+    summary["split_rows"] = {k: (0 if v is None else v.n_rows) for k, v in vars(splits).items()}
+    return Prepared(spec, splits, predictor, summary)
+
+
+def tensors(predictor: Predictor, ds: Dataset, where: str, device) -> engine.TensorData:
+    """Encoded rows (and their weights) on ``device`` in the network's dtype."""
+    X = predictor.encode(ds.features, where)
+    y = predictor.task.target_tensor(predictor.labels.encode(ds.target, where))
+    y = y.to(X.dtype) if y.is_floating_point() else y
+    w = None if ds.weight is None else torch.as_tensor(np.asarray(ds.weight), dtype=X.dtype)
+    return engine.TensorData(X, y, w).to(device)
+
+
+# ----- phase 2: training -----------------------------------------------------------
+def fit(prepared: Prepared, *, callbacks=None, verbose: bool = False, optimizer_state: dict | None = None,
+        scores: bool = True) -> TrainResult:
+    """Train the prepared network with :func:`torchclf.engine.fit` and score it on every split.
+
+    Parameters
+    ----------
+    prepared : Prepared
+    callbacks : list of Callback, optional
+        Run after the divergence guard and early stopping (when there are
+        validation rows) and before progress and log lines (when ``verbose``).
+    optimizer_state : dict, optional
+        An earlier run's ``optimizer.state_dict()`` to continue its moments.
+    scores : bool
+        Compute ``metrics`` for every split (False leaves it empty). The
+        training split is scored on a seeded sample of
+        ``MAX_SCORED_TRAIN_ROWS`` rows when it has more (its ``sampled``
+        entry says so); validation and test rows are scored in full.
+    """
+    predictor, splits, config = prepared.predictor, prepared.splits, prepared.config
+    device = predictor.device
+    check_decisions(predictor, splits.validation, config)  # before training, not after
+    with accel.threads(config.train.threads):
+        train_t = tensors(predictor, splits.train, f"{splits.train.name} (train)", device)
+        val_t = None
+        if splits.validation is not None:
+            val_t = tensors(predictor, splits.validation, f"{splits.validation.name} (validation)", device)
+        class_weight = None
+        if config.train.class_weight == "balanced":
+            y = predictor.labels.encode(splits.train.target)
+            class_weight = predictor.task.balanced_weight(y).to(train_t.X.dtype)
+        every = engine.default_callbacks(config.train, verbose, val_t is not None and len(val_t) > 0,
+                                         extra=callbacks or ())
+        t0 = time.perf_counter()
+        state = engine.fit(predictor.model, predictor.task, train_t, val_t, config.train,
+                           class_weight=class_weight, callbacks=every,
+                           optimizer_state=optimizer_state)
+        seconds = time.perf_counter() - t0
+        threads_used = accel.last_thread_choice()
+        predictor.model.eval()
+        decided = calibrate(predictor, splits.validation, config)
+        metrics = {}
+        if scores:
+            for part in ("train", "validation", "test"):
+                rows = getattr(splits, part)
+                if rows is not None:
+                    rows, sample = (scored_sample(rows, config.train.seed) if part == "train" else (rows, None))
+                    metrics[part] = evaluate(predictor, rows)
+                    metrics[part]["calibration"].update(decided["calibration"])
+                    if sample is not None:
+                        metrics[part]["sampled"] = sample
+            if "validation" in metrics and decided["threshold"] is not None:
+                metrics["validation"]["threshold"] = decided["threshold"]
+    distributed.end_run()  # under torchrun, rank 0 writes only once every rank has finished
+    return TrainResult(predictor, state.history, metrics, splits, seconds, state.stop_reason, state.best_epoch,
+                       data_summary=prepared.data_summary, spec=prepared.spec,
+                       optimizer_state=state.optimizer.state_dict(), threads=threads_used)
+
+
+# Scoring every training row would predict them all again after training (33 s of 5M rows); above this
+# many, the final train scores are of a seeded sample, and metrics.json says so. Validation and test rows
+# are always scored in full.
+MAX_SCORED_TRAIN_ROWS = 100_000
+
+
+def scored_sample(rows: Dataset, seed: int, limit: int | None = None) -> tuple[Dataset, dict | None]:
+    """``rows`` when at most ``limit`` (default ``MAX_SCORED_TRAIN_ROWS``), else a seeded sample of that many.
+
+    Returns the rows and None, or the sample and ``{"rows", "of", "seed"}``
+    for metrics.json. Under torchrun with rank-local rows every row is kept,
+    since the ranks score their rows together.
+    """
+    limit = MAX_SCORED_TRAIN_ROWS if limit is None else limit
+    if rows.n_rows <= limit or distributed.rows_are_local():
+        return rows, None
+    pick = np.sort(np.random.default_rng(seed).choice(rows.n_rows, size=limit, replace=False))
+    return rows.take(pick), {"rows": int(limit), "of": int(rows.n_rows), "seed": int(seed)}
 
 
 def evaluate(predictor: Predictor, ds: Dataset, where: str | None = None) -> dict:
-    """Metrics of a predictor on labelled rows (see :func:`torchclf.metrics.compute_metrics`)."""
+    """Metrics of a predictor on labelled rows (see :func:`torchclf.metrics.compute_metrics`).
+
+    Labels are taken at the predictor's threshold. ``calibration`` holds the
+    expected calibration error, Brier score and log loss of the raw
+    probabilities (``uncalibrated``) and, when the predictor has a
+    calibration, of the calibrated ones (``calibrated``).
+    """
+    from torchclf.metrics import calibration_metrics
+
     where = where or ds.name
     y = predictor.labels.encode(ds.target, where)
-    proba = predictor.predict_proba(ds.features, where)
+    logits = predictor.predict_logits(ds.features, where)
     if distributed.rows_are_local():  # each rank holds a part of the rows: score them all together
-        y, proba = distributed.concat_rows(y), distributed.concat_rows(proba)
-    return compute_metrics(predictor.task, y, proba, [str(c) for c in predictor.labels.classes])
+        y, logits = distributed.concat_rows(y), distributed.concat_rows(logits)
+    proba = predictor.probabilities(logits)
+    out = compute_metrics(predictor.task, y, proba, [str(c) for c in predictor.labels.classes], predictor.threshold)
+    cal = predictor.calibration
+    out["calibration"] = {"method": None if cal is None else cal.method,
+                          "uncalibrated": calibration_metrics(predictor.task, y, predictor.probabilities(logits, False))}
+    if cal is not None:
+        out["calibration"]["calibrated"] = calibration_metrics(predictor.task, y, proba)
+    return out
+
+
+def check_decisions(predictor: Predictor, validation: Dataset | None, config: RunConfig) -> None:
+    """Refuse a threshold objective that cannot be met, before any training."""
+    objective = config.train.threshold
+    if objective is None:
+        return
+    if not predictor.task.takes_threshold:
+        raise TorchclfError(f"threshold {objective!r}: the task is multiclass, whose label is the most probable "
+                            "class; a threshold applies to binary and multilabel problems only (drop --threshold)")
+    if validation is None or validation.n_rows == 0:
+        raise TorchclfError(f"threshold {objective!r}: needs validation rows to be chosen on; hold some out "
+                            "(--val-size above 0, or early_stopping=True in the estimator)")
+
+
+def calibrate(predictor: Predictor, validation: Dataset | None, config: RunConfig) -> dict:
+    """Fit the calibration and choose the threshold on the validation rows; store both on ``predictor``.
+
+    Returns what was done, for ``metrics.json``: ``calibration`` (``notes``,
+    and the fitted ``temperatures``) and ``threshold`` (None, or the
+    ``objective``, the chosen ``value``, whether a floor was ``met`` per
+    output, and ``notes``).
+    """
+    from torchclf.calibration import Calibration, choose_threshold
+
+    predictor.calibration, predictor.threshold, predictor.threshold_objective = None, None, None
+    out = {"calibration": {"notes": []}, "threshold": None}
+    method, objective = config.train.calibration, config.train.threshold
+    if method is None and objective is None:
+        return out
+    if validation is None or validation.n_rows == 0:
+        out["calibration"]["notes"].append("no validation rows: the probabilities are not calibrated "
+                                           "(hold some out with --val-size)")
+        return out
+    where = f"{validation.name} (validation)"
+    y = predictor.labels.encode(validation.target, where)
+    logits = predictor.predict_logits(validation.features, where)
+    if distributed.rows_are_local():  # every rank fits on all validation rows, so all ranks agree
+        y, logits = distributed.concat_rows(y), distributed.concat_rows(logits)
+    if method is not None:
+        predictor.calibration = Calibration.fit(predictor.task, logits, y, method)
+        out["calibration"]["notes"] += predictor.calibration.notes
+        if method == "temperature":
+            out["calibration"]["temperatures"] = [round(t, 6) for t in predictor.calibration.temperatures]
+    if objective is not None:
+        choice = choose_threshold(y, predictor.probabilities(logits), objective)
+        predictor.set_threshold(choice.threshold, choice.objective, "threshold")
+        out["threshold"] = {"objective": choice.objective, "value": np.round(choice.threshold, 6).tolist(),
+                            "met": choice.met, "notes": choice.notes}
+    return out
+
+
+# ----- the whole run: set-up, training, checkpoints, run folder ----------------------
+def run(spec: RunSpec, *, out: str | Path | None = None, verbose: bool = False, callbacks=None,
+        checkpoint_every: int = 0, _resume_from: Path | None = None) -> TrainResult:
+    """Prepare, fit and (with ``out``) write the run folder, keeping resumable checkpoints.
+
+    With ``out``, checkpoints go to ``OUT.checkpoints/`` every ``checkpoint_every``
+    epochs (0: only when Ctrl-C is pressed, which then raises
+    :class:`~torchclf.checkpoint.TrainingInterrupted` saying how to resume)
+    and are removed once the run folder is complete.
+    """
+    from torchclf import checkpoint
+    from torchclf.checkpointer import Checkpointer
+
+    if checkpoint_every < 0:
+        raise TorchclfError(f"checkpoint_every: got {checkpoint_every}, expected 0 (only on Ctrl-C) or more epochs")
+    saver = None
+    claimed = False
+    if out is not None:
+        out = Path(out)
+        described = spec.describe()  # hashes the source files: before anything is claimed
+        if distributed.is_main():
+            # Reserve the name before the work: a second run with the same --out fails now, not after training.
+            artifact.claim_run_folder(out)
+            claimed = True
+        if _resume_from is None and checkpoint.latest(checkpoint.folder_for(out)) is not None:
+            artifact.release_run_folder(out)
+            raise TorchclfError(f"{out}: an interrupted run left checkpoints in {checkpoint.folder_for(out)}; "
+                                f"continue it with `torchclf train --resume {out}` or remove that folder")
+        record = {"spec": described, "checkpoint_every": checkpoint_every}
+        saver = Checkpointer(checkpoint.folder_for(out), checkpoint_every, record, resume=_resume_from)
+        if checkpoint_every and verbose and distributed.is_main():
+            print(f"checkpoints every {checkpoint_every} epoch(s) in {saver.folder} "
+                  f"(if stopped, continue with: torchclf train --resume {out})", file=sys.stderr)
+    with accel.threads(spec.config.train.threads):
+        try:
+            prepared = prepare(spec)
+            result = fit(prepared, callbacks=[*(callbacks or []), *([saver] if saver else [])], verbose=verbose)
+            if out is not None:
+                result.spec_record = described
+                write_run(result, out)
+        except KeyboardInterrupt as exc:
+            if saver is None or isinstance(exc, checkpoint.TrainingInterrupted):
+                raise
+            raise checkpoint.TrainingInterrupted(saver.resume_hint()) from None
+        finally:
+            if saver is not None:
+                saver.close()
+            if claimed:
+                artifact.release_run_folder(out)  # nothing to release once the folder is in place
+    if saver is not None:
+        saver.cleanup()
+    return result
+
+
+def resume(out: str | Path, *, checkpoint_every: int | None = None, verbose: bool = False,
+           callbacks=None) -> TrainResult:
+    """Continue the interrupted run that was to be written to ``out`` from its newest checkpoint.
+
+    The run's own data (checked unchanged by size and SHA-256) and settings are
+    used; the run folder is written to ``out`` (never to a path recorded in the
+    checkpoint). ``checkpoint_every`` defaults to the interrupted run's.
+    """
+    from torchclf import checkpoint
+
+    path = checkpoint.find(out)
+    record = checkpoint.load(path)["run"]
+    try:
+        spec = RunSpec.from_description(record.get("spec"), str(path))
+    except TorchclfError as exc:
+        raise TorchclfError(f"{exc}; resuming needs the same data (restore it, or train a new run)") from None
+    saved_every = record.get("checkpoint_every")
+    if type(saved_every) is not int or saved_every < 0:
+        raise TorchclfError(f"{path}: damaged checkpoint (checkpoint_every {saved_every!r})")
+    every = saved_every if checkpoint_every is None else checkpoint_every
+    return run(spec, out=checkpoint.run_for(path.parent), verbose=verbose, callbacks=callbacks,
+               checkpoint_every=every, _resume_from=path)
 
 
 def train(
@@ -191,8 +400,9 @@ def train(
     out: str | Path | None = None,
     verbose: bool = False,
     callbacks=None,
+    checkpoint_every: int = 0,
 ) -> TrainResult:
-    """Train a classifier end to end.
+    """Train a classifier end to end (a :class:`RunSpec` built from the arguments, then :func:`run`).
 
     Parameters
     ----------
@@ -203,7 +413,7 @@ def train(
     target : str, list of str or array-like, optional
     config : RunConfig, optional
         Defaults to :func:`make_config` with no arguments.
-    test : same kinds as ``data``, optional
+    test : same kinds as ``data``, or a tuple ``(X, y)``, optional
         A separate test set; otherwise a seeded part of ``data`` is held out.
     out : path, optional
         Write the run folder there (see :func:`write_run`).
@@ -212,46 +422,12 @@ def train(
     -------
     TrainResult
     """
-    config = config or make_config()
-    dataset = as_dataset(data, target, label_sep=label_sep)
-    test_ds = None
-    if isinstance(test, tuple):
-        test_ds = as_dataset(test[0], test[1])
-    elif test is not None:
-        test_ds = as_dataset(test, dataset.target_columns or target, label_sep=dataset.label_sep)
-    labels = LabelCoder().fit(dataset.target)
-    if distributed.begin_run(data, config.train):  # each rank read its own part: code the labels of all parts
-        labels = LabelCoder().fit(distributed.all_labels(dataset.target))
-    splits = split_dataset(dataset, test_size=config.data.test_size, validation_size=config.data.validation_size,
-                           seed=config.train.seed, test=test_ds)
-    t0 = time.perf_counter()
-    predictor, state = fit_predictor(splits.train, splits.validation, config, labels=labels,
-                                     verbose=verbose, callbacks=callbacks)
-    seconds = time.perf_counter() - t0
-    metrics = {"train": evaluate(predictor, splits.train)}
-    if splits.validation is not None:
-        metrics["validation"] = evaluate(predictor, splits.validation)
-    if splits.test is not None:
-        metrics["test"] = evaluate(predictor, splits.test)
-    summary = dataset.summary()
-    summary["split_rows"] = {k: (0 if v is None else v.n_rows) for k, v in vars(splits).items()}
-    result = TrainResult(predictor, state.history, metrics, splits, seconds, state.stop_reason,
-                         state.best_epoch, data_summary=summary)
-    distributed.end_run()  # under torchrun, rank 0 writes only once every rank has finished
-    if out is not None:
-        write_run(result, out)
-    return result
+    spec = RunSpec(data, target, test, label_sep, config or make_config())
+    return run(spec, out=out, verbose=verbose, callbacks=callbacks, checkpoint_every=checkpoint_every)
 
 
 # ----- the run folder ----------------------------------------------------------
-def default_run_dir(name: str, root: str | Path = "runs") -> Path:
-    stem = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in Path(name.split(":")[0]).stem) or "run"
-    base = Path(root) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{base.name}-{k}")
-    return path
+default_run_dir = artifact.default_run_dir  # a new, claimed run folder name under runs/
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -286,10 +462,12 @@ def write_plots(result: TrainResult, folder: Path) -> list[Path]:
     return written
 
 
-def write_run(result: TrainResult, out: str | Path) -> Path:
+def write_run(result: TrainResult, out: str | Path, *, extra_files=None) -> Path:
     """Write the run folder atomically: model, metrics.json, history.csv, plots/, report.html.
 
-    Under torchrun only rank 0 writes; the other ranks return ``out`` at once.
+    ``extra_files(folder)`` writes more files into the folder before the
+    report is built (``tune`` adds its study summary). Under torchrun only
+    rank 0 writes; the other ranks return ``out`` at once.
     """
     from torchclf.artifact import atomic_folder, write_json
 
@@ -303,11 +481,16 @@ def write_run(result: TrainResult, out: str | Path) -> Path:
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "stop_reason": result.stop_reason,
+        "threads": result.threads,
     }
+    if result.spec_record is not None or result.spec is not None:
+        predictor.extra["spec"] = result.spec_record or result.spec.describe()
     with atomic_folder(out) as folder:
         predictor.save_model(folder)
         write_json(folder / "metrics.json", result.metrics)
         write_history(folder / "history.csv", result.history)
+        if extra_files is not None:
+            extra_files(folder)
         failed = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # plotting warnings are not the user's concern

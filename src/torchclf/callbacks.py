@@ -1,7 +1,7 @@
 """Hooks around the training loop: early stopping, logging, progress bars.
 
 A callback is a plain object; every hook does nothing unless overridden. The
-engine passes its :class:`~torchclf.engine.TrainState`, which callbacks may read
+engine passes its :class:`TrainState` (defined here, the contract between the two), which callbacks may read
 and whose ``stop`` flag they may set.
 """
 
@@ -9,10 +9,42 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Callable
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torchclf.engine import TrainState
+
+@dataclass
+class TrainState:
+    """What the loop knows, shared with callbacks: they may read it and set ``stop``.
+
+    ``model`` is the bare network (not a DDP or compiled wrapper); ``history``
+    holds one row per epoch run (``epoch``, ``train_loss``, ``train_accuracy``,
+    ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``). ``scheduler`` and
+    ``generator`` are exposed so that a checkpoint can save and restore them.
+    Between epochs a callback may also replace ``config`` (a new TrainConfig:
+    more epochs, another batch size), ``optimizer`` and ``scheduler``: each
+    epoch reads them afresh. ``step`` of ``steps`` is the step just taken in
+    the current epoch (set for ``on_step_end``).
+    """
+
+    model: Any
+    config: Any
+    optimizer: Any
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    stop: bool = False
+    stop_reason: str = ""
+    best_epoch: int | None = None
+    scheduler: Any = None
+    generator: Any = None
+    callbacks: list = field(default_factory=list)
+    step: int = 0
+    steps: int = 0
+
+    @property
+    def last(self) -> dict:
+        return self.history[-1]
 
 
 class Callback:
@@ -22,9 +54,15 @@ class Callback:
 
     def on_epoch_begin(self, state: TrainState) -> None: ...
 
+    def on_step_end(self, state: TrainState) -> None:
+        """After each optimizer step; the loop calls it only on callbacks that override it."""
+
     def on_epoch_end(self, state: TrainState) -> None: ...
 
     def on_train_end(self, state: TrainState) -> None: ...
+
+
+_LOSS_NAMES = {"train_loss": "training loss", "val_loss": "validation loss"}
 
 
 class _Snapshot:
@@ -54,17 +92,29 @@ class _Snapshot:
 
 
 class EarlyStopping(Callback):
-    """Stop when the monitored validation loss has not improved for ``patience``
-    evaluations, and restore the best weights at the end.
+    """Stop when a monitored loss has not improved for ``patience`` evaluations.
+
+    ``monitor`` is ``"val_loss"`` (early stopping proper: the best weights
+    are restored at the end) or ``"train_loss"`` (scikit-learn's
+    MLPClassifier rule without a validation set: stop once the training loss
+    has stalled). An evaluation counts as an improvement when the loss falls
+    below the best seen by more than ``min_delta``; the best is tracked even
+    through smaller gains, as MLPClassifier does.
 
     With ``patience`` 0 it never stops early but still restores the best
-    weights seen, when a validation set exists.
+    weights seen, when ``restore_best`` and the monitored loss exist.
     """
 
-    def __init__(self, patience: int, min_delta: float = 1e-4, restore_best: bool = True):
+    MONITORS = ("val_loss", "train_loss")
+
+    def __init__(self, patience: int, min_delta: float = 1e-4, restore_best: bool = True,
+                 monitor: str = "val_loss"):
+        if monitor not in self.MONITORS:
+            raise ValueError(f"EarlyStopping: monitor must be one of {self.MONITORS}, got {monitor!r}")
         self.patience = patience
         self.min_delta = min_delta
         self.restore_best = restore_best
+        self.monitor = monitor
         self.best_loss = math.inf
         self.best_epoch = 0
         self.best_state: dict | None = None
@@ -72,21 +122,25 @@ class EarlyStopping(Callback):
         self._snapshot = _Snapshot()
 
     def on_epoch_end(self, state: TrainState) -> None:
-        loss = state.last.get("val_loss")
+        loss = state.last.get(self.monitor)
         if loss is None:
             return
-        if loss < self.best_loss - self.min_delta:
-            self.best_loss, self.best_epoch, self.bad_evals = loss, state.epoch, 0
+        improved = loss < self.best_loss - self.min_delta
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, state.epoch
             if self.restore_best:
                 self.best_state = self._snapshot.take(state.model)
-        else:
-            self.bad_evals += 1
-            if self.patience and self.bad_evals >= self.patience:
-                state.stop = True
-                state.stop_reason = (
-                    f"early stopping: validation loss has not improved for {self.patience} "
-                    f"evaluation(s); best at epoch {self.best_epoch}"
-                )
+        if improved:
+            self.bad_evals = 0
+            return
+        self.bad_evals += 1
+        if self.patience and self.bad_evals >= self.patience:
+            state.stop = True
+            what = _LOSS_NAMES[self.monitor]
+            state.stop_reason = (
+                f"early stopping: the {what} has not improved by {self.min_delta:g} for {self.patience} "
+                f"evaluation(s); best at epoch {self.best_epoch}"
+            )
 
     def state_dict(self) -> dict:
         """Counters and best weights, for a resumable checkpoint."""
@@ -104,8 +158,6 @@ class EarlyStopping(Callback):
         elif self.best_state is not None:
             state.best_epoch = self.best_epoch
 
-
-_LOSS_NAMES = {"train_loss": "training loss", "val_loss": "validation loss"}
 
 
 class DivergenceGuard(Callback):
@@ -167,15 +219,30 @@ def format_epoch(row: dict) -> str:
 
 
 class EpochLogger(Callback):
-    """Print a line every ``every`` epochs (and at the last), like the tutorial's loop."""
+    """Print a line at the first epoch, every ``every`` epochs, at the last, and whenever ``seconds`` passed.
 
-    def __init__(self, every: int, write: Callable[[str], None] | None = None):
+    Like the tutorial's loop; the first line and the time-based ones keep a
+    slow run visibly alive when its output goes to a file or a pipe (where no
+    progress bar shows) long before a tenth of the epochs is done.
+    """
+
+    def __init__(self, every: int, write: Callable[[str], None] | None = None, seconds: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.every = max(1, every)
-        self.write = write or (lambda line: print(line, file=sys.stderr))
+        self.write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.seconds = seconds
+        self.clock = clock
+        self.last_time = 0.0
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.last_time = self.clock()
 
     def on_epoch_end(self, state: TrainState) -> None:
-        if state.epoch % self.every == 0 or state.epoch == state.config.epochs or state.stop:
+        now = self.clock()
+        due = state.epoch % self.every == 0 or state.epoch == state.config.epochs or state.stop
+        if due or state.epoch == 1 or now - self.last_time >= self.seconds:
             self.write(format_epoch(state.last))
+            self.last_time = now
 
     def on_train_end(self, state: TrainState) -> None:
         if state.stop_reason:
@@ -217,3 +284,47 @@ class ProgressBar(Callback):
     def on_train_end(self, state: TrainState) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+class L1Penalty(Callback):
+    """Add ``strength * sum(|w|)`` over the layers' weights (not biases) to the training loss.
+
+    It works through gradient hooks: ``strength * sign(w)``, the penalty's
+    gradient, is added to each weight's gradient as backward computes it. So
+    the training step stays as it is, and the reported loss is the data's
+    loss alone (as TensorFlow Playground shows it). ``strength`` may be
+    changed while training.
+    """
+
+    def __init__(self, strength: float):
+        self.strength = float(strength)
+        self._handles: list = []
+
+    def attach(self, model) -> None:
+        """Hook the weights of ``model`` (a model holds one penalty: an earlier one is detached)."""
+        earlier = model.__dict__.get("_torchclf_l1_penalty")
+        if earlier is not None:
+            earlier.detach()
+        self.detach()
+        for param in model.parameters():
+            if param.dim() >= 2 and param.requires_grad:
+                self._handles.append(param.register_hook(self._hook(param)))
+        model.__dict__["_torchclf_l1_penalty"] = self
+
+    def _hook(self, param):
+        def add(grad):
+            # None leaves the gradient untouched, so strength 0 trains exactly as without a penalty.
+            return grad + self.strength * param.detach().sign() if self.strength else None
+
+        return add
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.attach(state.model)
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.detach()

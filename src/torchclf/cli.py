@@ -57,60 +57,57 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _dflt(name: str) -> str:
-    """A config field's default, for help texts (config.py is light to import)."""
-    from torchclf.config import ModelConfig, TrainConfig
+def table_options(fn):
+    """Give a command one option per parameter of :data:`torchclf.config.PARAMS`.
 
-    for cls in (ModelConfig, TrainConfig):
-        if name in cls.__dataclass_fields__:
-            value = cls.__dataclass_fields__[name].default
-            return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-    raise KeyError(name)
+    The flags, their help texts and defaults come from the table, so a
+    parameter added there reaches the command line without editing this
+    file. The command receives the given ones (None: not given) as its
+    ``settings`` argument.
+    """
+    import functools
+    import inspect
+
+    from torchclf.config import PARAMS
+
+    def annotation(p):
+        if p.kind == "bool":
+            return Optional[bool]
+        if p.none is None and p.kind in ("int", "float"):
+            return Optional[int] if p.kind == "int" else Optional[float]
+        return Optional[str]  # layer sizes, choices, and numbers with a word for None ("full", "auto")
+
+    signature = inspect.signature(fn, eval_str=True)
+    own = [q for q in signature.parameters.values() if q.name != "settings"]
+    added = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation(p),
+                               default=typer.Option(None, p.cli_flag, help=p.help_text(), show_default=False))
+             for p in PARAMS]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        settings = {p.name: kwargs.pop(p.name) for p in PARAMS}
+        return fn(**kwargs, settings=settings)
+
+    command.__signature__ = signature.replace(parameters=own + added)
+    command.__annotations__ = {q.name: q.annotation for q in own + added}
+    return command
 
 
-def parse_hidden(text: str) -> tuple[int, ...]:
-    """``"64,64"`` -> (64, 64); ``""`` or ``"none"`` -> () (no hidden layer)."""
-    from torchclf.errors import TorchclfError
+def _default(name: str) -> str:
+    """A parameter's default as command-line text, for help texts of options outside the table."""
+    from torchclf.config import PARAM
 
-    if text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise TorchclfError(f"--hidden: expected comma-separated layer sizes such as 64,64, got {text!r}") from None
+    return PARAM[name].format(PARAM[name].default)
 
 
-def parse_batch_size(text: str) -> int | None:
-    from torchclf.errors import TorchclfError
-
-    if text.strip().lower() == "full":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise TorchclfError(f"--batch-size: expected a number or 'full', got {text!r}") from None
-
-
-def build_config(preset, task, hidden, activation, dropout, norm, epochs, batch_size, optimizer, lr,
-                 weight_decay, momentum, schedule, patience, seed, device, eval_every, log_every, threads,
-                 class_weight, test_size, val_size, max_categories):
-    """Flags -> RunConfig: the preset's values, then every flag the user gave."""
+def build_config(preset: str | None, task: str, settings: dict):
+    """Flags -> RunConfig: the preset's values, then every flag that was given (parsed by its table row)."""
     from torchclf.api import make_config
+    from torchclf.config import PARAM, by_section
 
-    def given(**kw):
-        return {k: v for k, v in kw.items() if v is not None}
-
-    model = given(hidden=None if hidden is None else parse_hidden(hidden), activation=activation,
-                  dropout=dropout, norm=norm)
-    train = given(epochs=epochs, optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                  schedule=schedule, patience=patience, seed=seed, device=device, eval_every=eval_every,
-                  log_every=log_every, threads=threads)
-    if batch_size is not None:
-        train["batch_size"] = parse_batch_size(batch_size)
-    if class_weight is not None:
-        train["class_weight"] = None if class_weight == "none" else class_weight
-    data = given(test_size=test_size, validation_size=val_size, max_categories=max_categories)
-    return make_config(preset, task=task, model=model, train=train, data=data)
+    given = {name: PARAM[name].parse(value) for name, value in settings.items() if value is not None}
+    sections = by_section(given)
+    return make_config(preset, task=task, model=sections["model"], train=sections["train"], data=sections["data"])
 
 
 def print_metrics(metrics: dict, kind: str, title: str = "Metrics") -> None:
@@ -130,6 +127,7 @@ def print_metrics(metrics: dict, kind: str, title: str = "Metrics") -> None:
 
 # ----- commands --------------------------------------------------------------------
 @app.command()
+@table_options
 def train(
     data: Optional[str] = typer.Argument(None, help="A .csv/.parquet file or a built-in dataset (see `torchclf datasets`); spec options like moons:noise=0.07. (default: circles)"),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column; repeat for several 0/1 columns (multilabel)."),
@@ -138,86 +136,47 @@ def train(
     test: Optional[Path] = typer.Option(None, help="A separate labelled test file (otherwise a seeded part of DATA)."),
     out: Optional[Path] = typer.Option(None, help="Run folder to create (default: a new folder under runs/)."),
     preset: Optional[str] = typer.Option(None, help="circle-v0, circle-v1, circle-v2, blob or default; other flags override it."),
-    hidden: Optional[str] = typer.Option(None, help=f"Hidden layer sizes, e.g. 64,64 ('none' for a linear model). (default: {_dflt('hidden')})"),
-    activation: Optional[str] = typer.Option(None, help="relu, leaky_relu, gelu, silu, elu, tanh, sigmoid or linear. (default: relu)"),
-    dropout: Optional[float] = typer.Option(None, help=f"Dropout probability after each hidden layer. (default: {_dflt('dropout')})"),
-    norm: Optional[str] = typer.Option(None, help="none, batch or layer normalisation in hidden layers. (default: none)"),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs. (default: 300)"),
-    batch_size: Optional[str] = typer.Option(None, help="Rows per step, or 'full' for full-batch. (default: 64)"),
-    optimizer: Optional[str] = typer.Option(None, help="adam, adamw or sgd. (default: adamw)"),
-    lr: Optional[float] = typer.Option(None, help=f"Learning rate. (default: {_dflt('lr')})"),
-    weight_decay: Optional[float] = typer.Option(None, help=f"Weight decay. (default: {_dflt('weight_decay')})"),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum. (default: 0)"),
-    schedule: Optional[str] = typer.Option(None, help="Learning-rate schedule: none, plateau or cosine. (default: plateau)"),
-    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without validation improvement; 0 = off. (default: 30)"),
-    seed: Optional[int] = typer.Option(None, help=f"Seed for the split, initialisation and shuffling. (default: {_dflt('seed')})"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps. (default: auto)"),
-    eval_every: Optional[int] = typer.Option(None, help="Validate every N epochs. (default: 1)"),
-    log_every: Optional[int] = typer.Option(None, help="Print a log line every N epochs (0 = ten lines per run)."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: 1 for small models, else all cores)."),
-    precision: Optional[str] = typer.Option(None, help="float32, bfloat16 (CPUs with AMX/AVX512-BF16, GPUs) or float16 (CUDA). (default: float32)"),
-    compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Compile the model with torch.compile (pays off on long runs). (default: no)"),
-    class_weight: Optional[str] = typer.Option(None, help="'balanced' to reweight rare classes, or none."),
-    test_size: Optional[float] = typer.Option(None, help="Fraction of rows held out for test. (default: 0.2)"),
-    val_size: Optional[float] = typer.Option(None, help="Fraction of rows held out for validation. (default: 0.1)"),
-    max_categories: Optional[int] = typer.Option(None, help="Most one-hot columns per categorical column. (default: 50)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or log lines."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=0, help="Save a resumable checkpoint every N epochs in OUT.checkpoints/ (0: only when Ctrl-C is pressed). (default: 0)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run (its --out folder) from its newest checkpoint, with its own data and settings."),
+    settings: dict = None,
 ) -> None:
     """Train a classifier, print its metrics and write a run folder."""
-    from torchclf import api, checkpoint, engine
-    from torchclf.config import with_overrides
+    from torchclf import api, distributed
     from torchclf.errors import TorchclfError
 
     if resume is not None:
-        others = [target, label_sep, test, out, preset, hidden, activation, dropout, norm, epochs, batch_size,
-                  optimizer, lr, weight_decay, momentum, schedule, patience, seed, device, eval_every, log_every,
-                  threads, class_weight, test_size, val_size, max_categories, precision, compile_model]
-        if data is not None or task != "auto" or any(v not in (None, [], ()) for v in others):
+        given = [target, label_sep, test, out, preset, *settings.values()]
+        if data is not None or task != "auto" or any(v not in (None, [], ()) for v in given):
             raise TorchclfError("--resume RUN continues with the run's own data and settings; "
                                 "drop the other options (only --quiet and --checkpoint-every may be given)")
-        data, target, test, label_sep, config, out_dir, checkpoint_every, start = \
-            checkpoint.resume_plan(resume, checkpoint_every)
+        out_dir = resume
+        result = _interruptible(lambda: api.resume(resume, checkpoint_every=checkpoint_every, verbose=not quiet))
+        data = result.data_summary.get("name", str(resume))
     else:
         data = data or "circles"
-        config = build_config(preset, task, hidden, activation, dropout, norm, epochs, batch_size, optimizer, lr,
-                              weight_decay, momentum, schedule, patience, seed, device, eval_every, log_every,
-                              threads, class_weight, test_size, val_size, max_categories)
-        speed = {k: v for k, v in (("precision", precision), ("compile", compile_model)) if v is not None}
-        config = with_overrides(config, train=speed) if speed else config
-        out_dir = out or api.default_run_dir(data)
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            raise TorchclfError(f"{out_dir}: already exists and is not empty; choose another --out or remove it")
-        if checkpoint.latest(checkpoint.folder_for(out_dir)) is not None:
-            raise TorchclfError(f"{out_dir}: an interrupted run left checkpoints in {checkpoint.folder_for(out_dir)}; "
-                                f"continue it with `torchclf train --resume {out_dir}` or remove that folder")
-        checkpoint_every, start = checkpoint_every or 0, None
-    run_info = {**checkpoint.describe_run(data, target, test, label_sep, config, out_dir),
-                "checkpoint_every": checkpoint_every}
-    saver = checkpoint.Checkpointer(checkpoint.folder_for(out_dir), checkpoint_every, run_info, resume=start)
-    callbacks = engine.default_callbacks(config.train, not quiet, config.data.validation_size > 0) + [saver]
-    if checkpoint_every and not quiet:
-        typer.echo(f"checkpoints every {checkpoint_every} epoch(s) in {saver.folder} "
-                   f"(if stopped, continue with: torchclf train --resume {out_dir})", err=True)
-    try:
-        result = api.train(data, target, config=config, test=str(test) if test else None, label_sep=label_sep,
-                           verbose=not quiet, callbacks=callbacks)
-        api.write_run(result, out_dir)
-    except KeyboardInterrupt as exc:
-        raise Interrupted(str(exc) if isinstance(exc, checkpoint.TrainingInterrupted) else saver.resume_hint()) from None
-    finally:
-        saver.close()
-    saver.cleanup()
+        spec = api.RunSpec(data, list(target) if target else None, str(test) if test else None, label_sep,
+                           build_config(preset, task, settings))
+        out_dir = out or api.default_run_dir(spec.name)
+        result = _interruptible(lambda: api.run(spec, out=out_dir, verbose=not quiet,
+                                                checkpoint_every=checkpoint_every or 0))
     if quiet and result.stop_reason.startswith("training diverged"):
         warnings.warn(result.stop_reason)
-    from torchclf import distributed
-
     if not distributed.is_main():
         return  # under torchrun, rank 0 reports for the whole job
     kind = result.predictor.task.kind
     print_metrics(result.metrics, kind, title=f"{data}: {kind}, {len(result.history)} epochs, {result.seconds:.1f}s")
     typer.echo(f"run folder: {out_dir}")
+
+
+def _interruptible(work):
+    """Run ``work``; Ctrl-C becomes :class:`Interrupted` carrying how to resume, if a checkpoint was saved."""
+    from torchclf.checkpoint import TrainingInterrupted
+
+    try:
+        return work()
+    except TrainingInterrupted as exc:
+        raise Interrupted(str(exc)) from None
 
 
 @app.command()
@@ -245,31 +204,49 @@ def evaluate(
 def predict(
     run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
     data: str = typer.Argument(..., help="Rows to predict: a .csv/.parquet file or a built-in dataset."),
-    out: Optional[Path] = typer.Option(None, help="CSV file to write (default: standard output)."),
+    out: Optional[Path] = typer.Option(None, help="CSV file to write, or - for standard output (the default)."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold in (0, 1) for binary and multilabel "
+                                              "models, instead of the one saved with the run (default 0.5)."),
 ) -> None:
     """Predict labels and probabilities for new rows, in input order."""
-    from torchclf import api
+    import os
+
+    from torchclf import api, artifact
     from torchclf.data.sources import read_rows
+    from torchclf.errors import TorchclfError
 
-    predictor = api.load(run)
-    frame = read_rows(data)
-    for note in predictor.preprocessor.input_notes(frame, ignore=predictor.target_columns):
-        warnings.warn(f"{data}: {note}")
-    result = predictor.predict_frame(frame, where=data)
-    if out is None:
-        result.to_csv(sys.stdout, index=False)
-        return
-    if out.exists() and out.is_dir():
-        from torchclf.errors import TorchclfError
-
-        raise TorchclfError(f"--out {out}: is a folder; give a file name such as predictions.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
+    to_stdout = out is None or str(out) == "-"
+    if not to_stdout:
+        # Where the predictions would really land (through symlinks): never onto what this command reads.
+        real = Path(os.path.realpath(out))
+        if Path(data).is_file() and (real == Path(os.path.realpath(data))
+                                     or (real.exists() and os.path.samefile(real, data))):
+            raise TorchclfError(f"--out {out}: is the input file {data}; writing the predictions there would "
+                                "destroy it; choose another file")
+        folder = Path(os.path.realpath(run))
+        if real == folder or folder in real.parents:
+            raise TorchclfError(f"--out {out}: lies inside the run folder {run}, whose files the model is; "
+                                "choose a file outside it")
+    target = "standard output" if to_stdout else str(out)
+    printing = False
     try:
-        result.to_csv(tmp, index=False)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a failed write; gone already after the rename
+        predictor = api.load(run)
+        if threshold is not None:
+            predictor.set_threshold(threshold)
+        frame = read_rows(data)
+        for note in predictor.preprocessor.input_notes(frame, ignore=predictor.target_columns):
+            warnings.warn(f"{data}: {note}")
+        result = predictor.predict_frame(frame, where=data)
+        if to_stdout:
+            printing = True
+            result.to_csv(sys.stdout, index=False)
+            return
+        # A file is replaced in one step; a pipe or a device such as /dev/null is written directly.
+        with artifact.atomic_file(out) as fh:
+            result.to_csv(fh, index=False)
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = "standard output holds only part of the predictions" if printing else f"nothing was written to {target}"
+        raise (Interrupted(what) if isinstance(exc, KeyboardInterrupt) else Terminated(what)) from None
     typer.echo(f"wrote {len(result)} predictions to {out}", err=True)
 
 
@@ -304,10 +281,11 @@ def parse_features(text: str | None) -> tuple[str, str] | None:
 def variant_config(name: str, words: list[str], shared: dict):
     """A variant's flags, parsed by the ``train`` command's own parser, -> RunConfig.
 
-    ``shared`` holds the compare-level seed and split sizes, which every variant uses.
+    Every table parameter is honoured; ``shared`` holds the compare-level
+    values of the parameters set once for all variants (the seed and split
+    sizes), which a variant may not set itself.
     """
-    import inspect
-
+    from torchclf.config import PARAMS
     from torchclf.errors import TorchclfError
 
     command = typer.main.get_command(app).commands["train"]
@@ -319,15 +297,16 @@ def variant_config(name: str, words: list[str], shared: dict):
         raise TorchclfError(f"variant {name!r}: {exc.format_message()} (variants take train's model and "
                             "training flags, see `torchclf train --help`)") from None
     defaults = {p.name: p.default for p in command.params}
-    for key, flag in (("data", "DATA"), ("target", "--target"), ("label_sep", "--label-sep"), ("test", "--test"),
-                      ("out", "--out"), ("seed", "--seed"), ("test_size", "--test-size"), ("val_size", "--val-size")):
+    once = {"data": "DATA", "target": "--target", "label_sep": "--label-sep", "test": "--test", "out": "--out",
+            "resume": "--resume", "checkpoint_every": "--checkpoint-every",
+            **{p.name: p.cli_flag for p in PARAMS if p.shared}}
+    for key, flag in once.items():
         if params.get(key) not in (None, (), []) and params.get(key) != defaults.get(key):
             raise TorchclfError(f"variant {name!r}: {flag} is set once for the whole comparison (on compare), "
                                 "so that every variant sees the same rows and seed")
-    wanted = inspect.signature(build_config).parameters
-    values = {k: params.get(k) for k in wanted}
-    values.update(shared)
-    return build_config(**values)
+    settings = {p.name: params.get(p.name) for p in PARAMS}
+    settings.update(shared)
+    return build_config(params.get("preset"), params.get("task") or "auto", settings)
 
 
 @app.command()
@@ -338,9 +317,9 @@ def compare(
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column(s), as for train."),
     label_sep: Optional[str] = typer.Option(None, help="Multilabel separator, as for train."),
     out: Optional[Path] = typer.Option(None, help="Folder to create (default: a new folder under runs/)."),
-    seed: Optional[int] = typer.Option(None, help="One seed for every variant's split, initialisation and shuffling. (default: 0)"),
-    test_size: Optional[float] = typer.Option(None, help="Fraction held out for test, shared. (default: 0.2)"),
-    val_size: Optional[float] = typer.Option(None, help="Fraction held out for validation, shared. (default: 0.1)"),
+    seed: Optional[int] = typer.Option(None, help=f"One seed for every variant's split, initialisation and shuffling. (default: {_default('seed')})"),
+    test_size: Optional[float] = typer.Option(None, help=f"Fraction held out for test, shared. (default: {_default('test_size')})"),
+    val_size: Optional[float] = typer.Option(None, help=f"Fraction held out for validation, shared. (default: {_default('validation_size')})"),
     features: Optional[str] = typer.Option(None, help="Two numeric columns a,b for the boundary grid when the data has more than two."),
     resolution: int = typer.Option(150, help="Decision-boundary grid points per axis."),
     runs: bool = typer.Option(True, "--runs/--no-runs", help="Also write each variant's run folder (with report.html) under runs/."),
@@ -358,7 +337,7 @@ def compare(
         specs += lab.read_variants_file(variants_file)
     if not specs:
         specs = [(name, flags.split()) for name, flags in lab.TUTORIAL_STUDY]
-    shared = {k: v for k, v in (("seed", seed), ("test_size", test_size), ("val_size", val_size)) if v is not None}
+    shared = {k: v for k, v in (("seed", seed), ("test_size", test_size), ("validation_size", val_size)) if v is not None}
     variants = [lab.Variant(name, variant_config(name, words, shared), " ".join(words)) for name, words in specs]
     out_dir = out or api.default_run_dir(f"compare-{data}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -475,6 +454,55 @@ def explain(
 
 
 @app.command()
+@table_options
+def tune(
+    data: str = typer.Argument(..., help="A .csv/.parquet file or a built-in dataset, as for train."),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column(s), as for train."),
+    trials: int = typer.Option(30, "--trials", min=1, help="Finish when the study holds this many complete or pruned trials, other processes' included."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Start no new trial after this many seconds."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study database: a URL such as sqlite:///study.db or postgresql://..., or an SQLite file (default: OUT.optuna.db)."),
+    study: Optional[str] = typer.Option(None, "--study", help="The study's name in the storage (default: OUT's folder name)."),
+    space: Optional[Path] = typer.Option(None, "--space", help="A TOML file with a [space] table over the default search space (see docs/tune.md)."),
+    pruner: str = typer.Option("median", "--pruner", help="Stop hopeless trials early: median, halving or none."),
+    task: str = typer.Option("auto", help="auto, binary, multiclass or multilabel."),
+    label_sep: Optional[str] = typer.Option(None, help="Multilabel separator, as for train."),
+    test: Optional[Path] = typer.Option(None, help="A separate labelled test file, as for train (never used to tune)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder for the best configuration (default: runs/NAME-tuned)."),
+    preset: Optional[str] = typer.Option(None, help="Fixed settings from a preset, as for train."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+    settings: dict = None,
+) -> None:
+    """Search hyperparameters on the validation rows with Optuna, then train and save the best configuration.
+
+    Training flags given here are fixed for every trial and taken out of the search.
+    """
+    from torchclf.errors import TorchclfError
+    from torchclf.tune import DEFAULT_SPACE, read_space
+    from torchclf.tune import tune as run_tune
+
+    given = [name for name, value in settings.items() if value is not None]
+    searched = (read_space(space) if space is not None else DEFAULT_SPACE).without(given)
+    if not searched.dimensions:
+        raise TorchclfError(f"tune: the flags {', '.join(given)} fix every searched parameter, so there is "
+                            "nothing to search; drop some, or search others with --space")
+    config = build_config(preset, task, settings)
+    try:
+        tuned = run_tune(data, list(target) if target else None, trials=trials, timeout=timeout, storage=storage,
+                         study=study, space=searched, out=out, config=config, test=str(test) if test else None,
+                         label_sep=label_sep, pruner=pruner, verbose=not quiet)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(str(exc) or "the study keeps every finished trial; run the same command to continue") from None
+    if tuned.result is not None:
+        kind = tuned.result.predictor.task.kind
+        finished = tuned.counts["complete"] + tuned.counts["pruned"]
+        print_metrics(tuned.result.metrics, kind, title=f"{data}: best of {finished} trials (trial "
+                      f"{tuned.best_trial}), {kind}, {len(tuned.result.history)} epochs")
+    typer.echo(f"best trial {tuned.best_trial}: validation loss {tuned.value:.4f}; the same weights: "
+               f"{tuned.train_command}")
+    typer.echo(f"run folder: {tuned.run_dir}")
+
+
+@app.command()
 def playground(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; only loopback addresses unless --allow-remote."),
     port: int = typer.Option(0, help="Port to listen on (0 picks a free one)."),
@@ -493,6 +521,72 @@ def playground(
           open_browser=open_browser, announce=lambda line: typer.echo(line, err=True))
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
+    format: str = typer.Option("onnx", "--format", help="File format: onnx (one graph from raw columns to labels and probabilities)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: the run folder's name + .onnx, here)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Rows to check the file on: a .csv/.parquet file or built-in dataset (default: the run's own test split)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime's results with torchclf's on the check rows (needs onnxruntime)."),
+) -> None:
+    """Export a run for serving without torchclf: raw feature columns in, labels and probabilities out."""
+    from torchclf import api
+    from torchclf import export as exporter
+    from torchclf.data.sources import read_rows
+    from torchclf.errors import TorchclfError
+    from torchclf.explain import held_out_rows
+
+    if format != "onnx":
+        raise TorchclfError(f"--format {format}: not a format torchclf exports; use --format onnx")
+    predictor = api.load(run)
+    path = exporter.export_onnx(predictor, out or Path(f"{run.resolve().name}.onnx"))
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB): inputs "
+               f"{', '.join(predictor.preprocessor.feature_names[:8])}"
+               f"{' ...' if len(predictor.preprocessor.feature_names) > 8 else ''}; outputs label, probabilities",
+               err=True)
+    if not check:
+        return
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        warnings.warn(f"{path} not checked: onnxruntime is not installed ({exporter.INSTALL})")
+        return
+    try:
+        frame, where = (read_rows(data), data) if data is not None else (held_out_rows(predictor)[0].features, "test rows")
+    except TorchclfError as exc:
+        if data is not None:
+            raise
+        warnings.warn(f"{path} not checked: {exc}")
+        return
+    result = exporter.check_rows(predictor, path, frame)
+    if not result.ok:
+        path.unlink(missing_ok=True)
+        raise TorchclfError(f"{path}: onnxruntime and torchclf disagree on {where} (largest probability difference "
+                            f"{result.max_difference:.1e}, {result.label_mismatches} different labels), so the file "
+                            "was removed; please report this with the run folder")
+    typer.echo(f"checked with onnxruntime on {len(frame)} {where}, as given and with gaps and unseen categories: "
+               f"largest probability difference {result.max_difference:.1e}, labels identical", err=True)
+
+
+@app.command()
+def serve(
+    runs: List[str] = typer.Argument(..., help="Run folders to serve; NAME=FOLDER names one (default: the folder's name), as in /models/NAME/predict."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; only loopback addresses unless --allow-remote."),
+    port: int = typer.Option(8000, help="Port to listen on (0 picks a free one)."),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback --host: anyone who can reach it can query the models."),
+    max_request_mb: float = typer.Option(16.0, help="Largest request body, in MiB."),
+    backend: str = typer.Option("auto", help="Predict with onnx (onnxruntime: fastest, needs torchclf[deploy]), torch (the run's predictor), or auto (onnx where it is installed and the run exports)."),
+) -> None:
+    """Serve predictions over HTTP as JSON: POST /predict, GET /schema, GET /health."""
+    from torchclf.errors import TorchclfError
+    from torchclf.serve import serve as serve_runs
+
+    if not max_request_mb > 0:
+        raise TorchclfError(f"--max-request-mb: got {max_request_mb}, expected a positive size such as 16")
+    serve_runs(list(runs), host, port, allow_remote=allow_remote, max_request_bytes=int(max_request_mb * 1024 * 1024),
+               backend=backend, announce=lambda line: typer.echo(line, err=True))
+
+
 def _click_exceptions() -> tuple[type, type]:
     """(Abort, ClickException) of the click that typer runs on: recent typer
     releases carry their own copy of click, older ones use the installed one."""
@@ -503,15 +597,40 @@ def _click_exceptions() -> tuple[type, type]:
     return typer.Abort, ClickException
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that `finally` blocks remove what is half-written; not an
+    Exception, so that nothing on the way swallows it."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    """Entry point: run the app, turning user errors into one line and exit status 2.
+
+    SIGTERM (as sent by ``kill``, a job scheduler or torchrun) stops the
+    command the same way: temporary files are removed, one line is printed
+    and the status is 143.
+    """
+    import signal
+    import threading
+
     from torchclf.errors import TorchclfError
 
     warnings.showwarning = _show_warning
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    # Only in the main thread (the one Python delivers signals to), and never over a handler the caller set.
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = app(args=args, standalone_mode=False)
+    except Terminated as exc:
+        print(f"terminated; {str(exc) or 'stopped before finishing, and removed what was half-written'}",
+              file=sys.stderr)
+        return 143
     except Interrupted as exc:
         print(f"interrupted; {exc}", file=sys.stderr)
         return 130
@@ -545,12 +664,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback and report it)",
               file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code if isinstance(code, int) else 0  # typer returns Ctrl-C elsewhere as exit code 130
 
 
 def run() -> None:
-    """Console-script entry point: exit with :func:`main`'s status."""
-    sys.exit(main())
+    """Console-script entry point: exit with :func:`main`'s status, without tearing the interpreter down.
+
+    Once the command is done, the ``atexit`` handlers run (they release run
+    folder claims and leave a torchrun process group) and the output is
+    flushed; then the process ends with ``os._exit``. Python's own teardown
+    would free every module of torch, pandas and matplotlib one by one, which
+    took 1.7 s after a tiny ``train`` and writes nothing. Library code never
+    does this: only this entry point, and only when no other Python thread is
+    still running.
+    """
+    import atexit
+    import os
+    import threading
+
+    code = main()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if others or run_handlers is None:
+        sys.exit(code)
+    run_handlers()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: there is no one left to tell
+        pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,24 @@
-"""Frozen, validated configuration: what to build, how to train, how to split.
+"""The one table of parameters, and the frozen, validated configuration built from it.
 
-Each field maps one to one onto a command-line flag, and the whole
-:class:`RunConfig` is saved with the model. A bad value raises
-:class:`~torchclf.errors.TorchclfError` naming the field as soon as the object
-is built, before any work starts.
+Every setting of a training run is one :class:`Param` row in :data:`PARAMS`:
+its name, section, default, bounds or choices, help text, and how each front
+door shows it. Everything else is derived from the table:
+
+- the dataclasses :class:`ModelConfig`, :class:`TrainConfig` and
+  :class:`DataConfig` (their fields, defaults and validation);
+- the command line's flags, help texts and defaults (``torchclf.cli``);
+- the scikit-learn estimator's parameters and constraints (``torchclf.estimator``);
+- the playground's settings, defaults and limits (``torchclf.playground.settings``).
+
+A bad value raises :class:`~torchclf.errors.TorchclfError` naming the field as
+soon as a config is built, before any work starts. The whole
+:class:`RunConfig` is saved with the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
+from typing import Any
 
 from torchclf.errors import TorchclfError
 
@@ -18,110 +28,331 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("none", "plateau", "cosine")
 PRECISIONS = ("float32", "bfloat16", "float16")
+CALIBRATIONS = ("temperature", "isotonic")
+TASKS = ("auto", "binary", "multiclass", "multilabel")
+SECTIONS = ("model", "train", "data")
 
-
-def _fail(cls: type, name: str, value, expected: str) -> None:
-    raise TorchclfError(f"{cls.__name__}.{name}: got {value!r}, expected {expected}")
-
-
-def _choice(obj, name: str, options: tuple[str, ...]) -> None:
-    if getattr(obj, name) not in options:
-        _fail(type(obj), name, getattr(obj, name), "one of " + ", ".join(options))
+_SAME = object()  # "as the main default" for the front doors' own defaults
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The network: hidden layer sizes, activation, dropout and normalisation."""
+class Param:
+    """One setting of a run: the single place its name, default, bounds and help live.
 
-    hidden: tuple[int, ...] = (256, 256)
-    activation: str = "relu"
-    dropout: float = 0.2
-    norm: str = "none"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if any(h < 1 for h in self.hidden):
-            _fail(type(self), "hidden", self.hidden, "positive layer sizes such as 64,64")
-        _choice(self, "activation", ACTIVATIONS)
-        _choice(self, "norm", NORMS)
-        if not 0.0 <= self.dropout < 1.0:
-            _fail(type(self), "dropout", self.dropout, "a probability in [0, 1)")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How the engine trains: epochs, batches, optimizer, stopping, device, seed.
-
-    ``batch_size`` None means full batch (the tutorial's loop). ``patience`` 0
-    turns early stopping off. ``eval_every`` validates every N epochs.
-    ``threads`` None lets the engine choose (one thread for small models).
-    ``precision`` bfloat16/float16 autocasts the forward pass (float16 on CUDA
-    only); ``compile`` hands the model to ``torch.compile``.
+    Attributes
+    ----------
+    name : str
+        The field name in its section (``RunConfig.<section>.<name>``).
+    section : {"model", "train", "data"}
+    default : object
+        The value ``torchclf train`` uses.
+    help : str
+        One sentence for ``--help``; the default is appended automatically.
+    kind : {"int", "float", "str", "bool", "sizes"}
+        ``sizes`` is a tuple of positive ints such as hidden layer widths.
+    choices : tuple of str, optional
+        The allowed values of a ``str`` parameter.
+    low, high : float, optional
+        Bounds of a number; ``low_open``/``high_open`` exclude them.
+    none : str, optional
+        The command-line word that means None (``"full"`` for batch_size);
+        a parameter with a ``none`` word accepts None.
+    flag : str, optional
+        The command-line flag (default ``--`` + name with dashes).
+    estimator : str or None
+        The parameter's name on ``NeuralNetClassifier`` (``""``: the same
+        name; None: not an estimator parameter).
+    estimator_default : object
+        The estimator's default, where it differs from ``default``.
+    page : tuple, optional
+        The playground's (low, high) limits, where the page shows this setting.
+    page_default : object
+        The playground's default, where it differs from ``default``.
+    shared : bool
+        Set once for all variants of ``torchclf compare`` (the split and seed).
+    expected_text : str, optional
+        What a valid value looks like, for a ``str`` parameter checked by its
+        section's own rule rather than by ``choices``.
     """
 
-    epochs: int = 300
-    batch_size: int | None = 64
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    momentum: float = 0.0
-    schedule: str = "plateau"
-    patience: int = 30
-    seed: int = 2
-    device: str = "auto"
-    eval_every: int = 1
-    log_every: int = 0
-    threads: int | None = None
-    class_weight: str | None = None
-    precision: str = "float32"
-    compile: bool = False
+    name: str
+    section: str
+    default: Any
+    help: str
+    kind: str = "float"
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    none: str | None = None
+    flag: str | None = None
+    estimator: str | None = ""
+    estimator_default: Any = _SAME
+    page: tuple | None = None
+    page_default: Any = _SAME
+    shared: bool = False
+    expected_text: str | None = None
+
+    # ----- derived names and defaults ------------------------------------------
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def estimator_name(self) -> str | None:
+        return None if self.estimator is None else (self.estimator or self.name)
+
+    @property
+    def estimator_value(self):
+        return self.default if self.estimator_default is _SAME else self.estimator_default
+
+    @property
+    def page_value(self):
+        return self.default if self.page_default is _SAME else self.page_default
+
+    @property
+    def annotation(self) -> type:
+        base = {"int": int, "float": float, "str": str, "bool": bool, "sizes": tuple}[self.kind]
+        return base if self.none is None else base | None
+
+    # ----- checking ------------------------------------------------------------
+    def bounds_text(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+    def expected(self) -> str:
+        """What a valid value looks like, for error messages."""
+        if self.expected_text is not None:
+            text = self.expected_text
+        elif self.kind == "sizes":
+            text = "comma-separated positive layer sizes such as 64,64"
+        elif self.choices is not None:
+            text = "one of " + ", ".join(self.choices)
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "str":
+            text = "text"
+        else:
+            noun = "a whole number" if self.kind == "int" else "a number"
+            text = f"{noun} {self.bounds_text()}".strip()
+        return text + (f", or {self.none!r}" if self.none is not None else "")
+
+    def in_bounds(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def check(self, value, owner: str):
+        """``value`` validated and normalised (ints as int, sizes as a tuple); raises naming ``owner.name``."""
+
+        def bad():
+            return TorchclfError(f"{owner}.{self.name}: got {value!r}, expected {self.expected()}")
+
+        if value is None:
+            if self.none is None:
+                raise bad()
+            return None
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad()
+            return value
+        if self.kind == "str":
+            if not isinstance(value, str) or (self.choices is not None and value not in self.choices):
+                raise bad()
+            return value
+        if self.kind == "sizes":
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise bad()
+            sizes = tuple(value)
+            if any(isinstance(h, bool) or not _is_whole(h) or int(h) < 1 for h in sizes):
+                raise bad()
+            return tuple(int(h) for h in sizes)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise bad()
+        if self.kind == "int":
+            if not _is_whole(value):
+                raise bad()
+            value = int(value)
+        else:
+            value = float(value)
+            if value != value:  # NaN
+                raise bad()
+        if not self.in_bounds(value):
+            raise bad()
+        return value
+
+    # ----- text <-> value (command line, compare, shown commands) ---------------
+    def parse(self, text):
+        """A value from command-line text (``"64,64"``, ``"full"``, ``"0.01"``); raises naming the flag."""
+        if not isinstance(text, str):
+            return text  # typer already converted ints, floats and bools
+        word = text.strip()
+        if self.none is not None and word.lower() == self.none:
+            return None
+        try:
+            if self.kind == "sizes":
+                if word.lower() in ("", "none"):
+                    return ()
+                return tuple(int(part) for part in word.replace(" ", "").split(",") if part)
+            if self.kind == "int":
+                return int(word)
+            if self.kind == "float":
+                return float(word)
+            if self.kind == "bool":
+                return {"true": True, "false": False}[word.lower()]
+        except (ValueError, KeyError):
+            raise TorchclfError(f"{self.cli_flag}: got {text!r}, expected {self.expected()}") from None
+        return word
+
+    def format(self, value) -> str:
+        """The command-line text for ``value`` (inverse of :meth:`parse`)."""
+        if value is None:
+            return self.none or "none"
+        if self.kind == "sizes":
+            return ",".join(str(h) for h in value) or "none"
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    def help_text(self) -> str:
+        """The help sentence with the default taken from the table."""
+        options = f"{', '.join(self.choices)}; " if self.choices else ""
+        return f"{self.help} ({options}default: {self.format(self.default)})"
+
+
+def _is_whole(value) -> bool:
+    try:
+        return float(value) == int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+# The table. Order is the order of --help.
+PARAMS: tuple[Param, ...] = (
+    # the network
+    Param("hidden", "model", (256, 256), "Hidden layer sizes, e.g. 64,64 ('none' for a linear model).",
+          kind="sizes", estimator="hidden_layer_sizes", page=(1, 256), page_default=(8, 8)),
+    Param("activation", "model", "relu", "Activation between hidden layers.", kind="str", choices=ACTIVATIONS),
+    Param("dropout", "model", 0.2, "Dropout probability after each hidden layer.", low=0.0, high=1.0,
+          high_open=True, estimator_default=0.0, page=(0.0, 0.9), page_default=0.0),
+    Param("norm", "model", "none", "Normalisation inside hidden layers.", kind="str", choices=NORMS),
+    # training
+    Param("epochs", "train", 300, "Maximum epochs.", kind="int", low=1, estimator="max_iter",
+          page=(1, 10000), page_default=200),
+    Param("batch_size", "train", 64, "Rows per step, or 'full' for full-batch.", kind="int", low=1, none="full",
+          page=(1, 4096), page_default=32),
+    Param("optimizer", "train", "adamw", "Optimizer.", kind="str", choices=OPTIMIZERS),
+    Param("lr", "train", 1e-3, "Learning rate.", low=0.0, low_open=True, page=(1e-6, 10.0), page_default=0.01),
+    Param("weight_decay", "train", 1e-2, "Weight decay (L2 penalty; decoupled for adamw).", low=0.0,
+          page=(0.0, 1.0)),
+    Param("l1", "train", 0.0, "L1 penalty: adds l1 * sum(|w|) over the layers' weights (not biases) to the "
+          "training loss, pushing small weights to zero.", low=0.0, page=(0.0, 1.0)),
+    Param("momentum", "train", 0.0, "SGD momentum.", low=0.0, high=1.0, high_open=True),
+    Param("label_smoothing", "train", 0.0, "Label smoothing: train towards 1 - e on the true class and e spread "
+          "over the classes (0/1 targets towards e/2 and 1 - e/2); the validation loss stays unsmoothed.",
+          low=0.0, high=0.5, high_open=True, page=(0.0, 0.3)),
+    Param("schedule", "train", "plateau", "Learning-rate schedule.", kind="str", choices=SCHEDULES),
+    Param("patience", "train", 30, "Stop after this many evaluations without improvement; 0 = off.",
+          kind="int", low=0, estimator="n_iter_no_change"),
+    Param("seed", "train", 2, "Seed for the split, initialisation and shuffling.", kind="int", low=0,
+          high=2**32 - 1, estimator=None, page=(0, 2**31 - 1), page_default=0, shared=True),
+    Param("device", "train", "auto", "Where to train.", kind="str", choices=DEVICES),
+    Param("eval_every", "train", 1, "Validate every N epochs.", kind="int", low=1),
+    Param("log_every", "train", 0, "Print a log line every N epochs (0 = ten lines per run).", kind="int",
+          low=0, estimator=None),
+    Param("threads", "train", None, "CPU threads for torch ('auto': from the model's work per step and the "
+          "cores other processes leave free, so it may differ between runs on a busy machine; a number pins it).",
+          kind="int", low=1, none="auto"),
+    Param("class_weight", "train", None, "'balanced' to reweight rare classes, or none.", kind="str",
+          choices=("balanced",), none="none"),
+    Param("precision", "train", "float32", "Training precision: bfloat16 (CPUs with AMX/AVX512-BF16, GPUs) "
+          "or float16 (CUDA).", kind="str", choices=PRECISIONS),
+    Param("compile", "train", False, "Compile the model with torch.compile (pays off on long runs).",
+          kind="bool", flag="--compile/--no-compile"),
+    # after training, on the validation rows (torchclf.calibration)
+    Param("calibration", "train", "temperature", "Calibrate the probabilities on the validation rows, or "
+          "'none'.", kind="str", choices=CALIBRATIONS, none="none",
+          # scikit-learn users calibrate with CalibratedClassifierCV; predict_proba stays the network's own
+          estimator_default=None),
+    Param("threshold", "train", None, "Choose the decision threshold of binary and multilabel models on the "
+          "validation rows for an objective: f1, balanced_accuracy, precision>=X, recall>=X or cost:FP/FN "
+          "(e.g. cost:1/5); 'none' keeps 0.5.", kind="str", none="none",
+          expected_text="f1, balanced_accuracy, precision>=X, recall>=X or cost:FP/FN"),
+    # rows and columns
+    Param("test_size", "data", 0.2, "Fraction of rows held out for test.", low=0.0, high=1.0, high_open=True,
+          estimator=None, page=(0.05, 0.5), shared=True),
+    Param("validation_size", "data", 0.1, "Fraction of rows held out for validation (early stopping).",
+          low=0.0, high=1.0, high_open=True, flag="--val-size", estimator=None, shared=True),
+    Param("max_categories", "data", 50, "Most one-hot columns per categorical column.", kind="int", low=1),
+)
+
+PARAM: dict[str, Param] = {p.name: p for p in PARAMS}
+
+
+def section_params(section: str) -> tuple[Param, ...]:
+    return tuple(p for p in PARAMS if p.section == section)
+
+
+class _Section:
+    """Validation shared by the generated section dataclasses: every field checked against its table row."""
 
     def __post_init__(self) -> None:
-        cls = type(self)
-        if self.epochs < 1:
-            _fail(cls, "epochs", self.epochs, "at least 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            _fail(cls, "batch_size", self.batch_size, "a positive integer or 'full'")
-        _choice(self, "optimizer", OPTIMIZERS)
-        _choice(self, "device", DEVICES)
-        _choice(self, "schedule", SCHEDULES)
-        if not self.lr > 0:
-            _fail(cls, "lr", self.lr, "a positive learning rate such as 0.001")
-        if self.weight_decay < 0:
-            _fail(cls, "weight_decay", self.weight_decay, "0 or more")
-        if not 0 <= self.momentum < 1:
-            _fail(cls, "momentum", self.momentum, "a value in [0, 1)")
-        if self.patience < 0:
-            _fail(cls, "patience", self.patience, "0 (off) or more epochs")
-        if self.eval_every < 1:
-            _fail(cls, "eval_every", self.eval_every, "at least 1")
-        if self.log_every < 0:
-            _fail(cls, "log_every", self.log_every, "0 (automatic) or more epochs")
-        if self.threads is not None and self.threads < 1:
-            _fail(cls, "threads", self.threads, "at least 1")
-        if self.class_weight not in (None, "balanced"):
-            _fail(cls, "class_weight", self.class_weight, "None or 'balanced'")
-        _choice(self, "precision", PRECISIONS)
+        owner = type(self).__name__
+        for p in section_params(self._section):
+            object.__setattr__(self, p.name, p.check(getattr(self, p.name), owner))
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Rules that involve several fields of the section."""
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """How rows are split and columns encoded."""
+def _section_class(name: str, section: str, doc: str, check_together=None) -> type:
+    namespace = {"_section": section, "__doc__": doc}
+    if check_together is not None:
+        namespace["_check_together"] = check_together
+    cls = make_dataclass(
+        name,
+        [(p.name, p.annotation, field(default=p.default)) for p in section_params(section)],
+        bases=(_Section,),
+        namespace=namespace,
+        frozen=True,
+    )
+    cls.__module__ = __name__
+    return cls
 
-    test_size: float = 0.2
-    validation_size: float = 0.1
-    max_categories: int = 50
 
-    def __post_init__(self) -> None:
-        cls = type(self)
-        if not 0 <= self.test_size < 1:
-            _fail(cls, "test_size", self.test_size, "a fraction in [0, 1)")
-        if not 0 <= self.validation_size < 1:
-            _fail(cls, "validation_size", self.validation_size, "a fraction in [0, 1)")
-        if self.test_size + self.validation_size >= 0.9:
-            _fail(cls, "validation_size", self.validation_size, "test_size + validation_size below 0.9")
-        if self.max_categories < 1:
-            _fail(cls, "max_categories", self.max_categories, "at least 1")
+def _check_data(self) -> None:
+    if self.test_size + self.validation_size >= 0.9:
+        raise TorchclfError(f"DataConfig.validation_size: got {self.validation_size!r} with test_size "
+                            f"{self.test_size!r}, expected test_size + validation_size below 0.9")
+
+
+ModelConfig = _section_class(
+    "ModelConfig", "model", "The network: hidden layer sizes, activation, dropout and normalisation.")
+
+
+def _check_train(self) -> None:
+    if self.threshold is not None:
+        from torchclf.calibration import parse_objective  # needs only errors.py; keeps this module a leaf
+
+        object.__setattr__(self, "threshold", parse_objective(self.threshold, "TrainConfig.threshold").text)
+
+
+TrainConfig = _section_class(
+    "TrainConfig", "train",
+    "How the engine trains: epochs, batches, optimizer, stopping, device, seed.\n\n"
+    "``batch_size`` None means full batch (the tutorial's loop); ``patience`` 0 turns early stopping off;\n"
+    "``threads`` None lets the engine choose. ``calibration`` and ``threshold`` are fitted on the validation\n"
+    "rows once training ends.", _check_train)
+DataConfig = _section_class("DataConfig", "data", "How rows are split and columns encoded.", _check_data)
+_SECTION_CLASSES = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 
 
 @dataclass(frozen=True)
@@ -135,36 +366,61 @@ class RunConfig:
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in ("auto", "binary", "multiclass", "multilabel"):
-            _fail(type(self), "task", self.task, "auto, binary, multiclass or multilabel")
+        if self.task not in TASKS:
+            raise TorchclfError(f"RunConfig.task: got {self.task!r}, expected one of {', '.join(TASKS)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"]["hidden"] = list(self.model.hidden)
         return d
 
+    def value(self, name: str):
+        """A parameter's value by its table name."""
+        return getattr(getattr(self, PARAM[name].section), name)
+
+    def values(self) -> dict:
+        """Every table parameter's value, by name."""
+        return {p.name: self.value(p.name) for p in PARAMS}
+
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        def build(kind, values):
-            known = {f.name for f in fields(kind)}
-            unknown = set(values) - known
+        """Inverse of :meth:`to_dict`; fields missing from an older file take today's defaults."""
+        if not isinstance(d, dict):
+            raise TorchclfError(f"invalid configuration: expected a mapping, got {type(d).__name__}")
+
+        def build(section: str):
+            kind = _SECTION_CLASSES[section]
+            values = d.get(section, {})
+            if not isinstance(values, dict):
+                raise TorchclfError(f"{kind.__name__}: expected a mapping, got {type(values).__name__}")
+            unknown = set(values) - {f.name for f in fields(kind)}
             if unknown:
                 raise TorchclfError(f"{kind.__name__}: unknown field(s) {sorted(unknown)}")
             return kind(**values)
 
-        try:
-            return cls(
-                model=build(ModelConfig, dict(d.get("model", {}))),
-                train=build(TrainConfig, dict(d.get("train", {}))),
-                data=build(DataConfig, dict(d.get("data", {}))),
-                task=d.get("task", "auto"),
-                preset=d.get("preset"),
-            )
-        except TypeError as exc:
-            raise TorchclfError(f"invalid configuration: {exc}") from None
+        unknown = set(d) - {"model", "train", "data", "task", "preset"}
+        if unknown:
+            raise TorchclfError(f"RunConfig: unknown field(s) {sorted(unknown)}")
+        return cls(model=build("model"), train=build("train"), data=build("data"),
+                   task=d.get("task", "auto"), preset=d.get("preset"))
+
+
+def by_section(values: dict) -> dict[str, dict]:
+    """``{"lr": 0.1, "hidden": (8,)}`` -> ``{"train": {"lr": 0.1}, "model": {"hidden": (8,)}}``."""
+    out: dict[str, dict] = {s: {} for s in SECTIONS}
+    for name, value in values.items():
+        if name not in PARAM:
+            raise TorchclfError(f"unknown parameter {name!r}; known: {', '.join(PARAM)}")
+        out[PARAM[name].section][name] = value
+    return out
 
 
 def with_overrides(config: RunConfig, **sections: dict) -> RunConfig:
     """A copy of ``config`` with fields of ``model``/``train``/``data`` replaced."""
     parts = {name: replace(getattr(config, name), **values) for name, values in sections.items() if values}
     return replace(config, **parts)
+
+
+def with_values(config: RunConfig, values: dict) -> RunConfig:
+    """A copy of ``config`` with table parameters replaced by name (see :func:`by_section`)."""
+    return with_overrides(config, **by_section(values))

@@ -19,7 +19,9 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -27,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torchclf import accel
 from torchclf.errors import TorchclfError
 
 TIMEOUT_ENV = "TORCHCLF_DIST_TIMEOUT"
@@ -101,25 +104,6 @@ def is_main() -> bool:
 
 
 # ----- joining and leaving -------------------------------------------------------
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no affinity call
-        return os.cpu_count() or 1
-
-
-def thread_count(requested: int | None, cores: int, local_world_size: int) -> int:
-    """Torch threads for one of ``local_world_size`` processes sharing ``cores``.
-
-    The machine's cores are divided between the local ranks, at least one
-    each; an explicit request is honoured up to that share, so that the
-    processes together never ask for more threads than there are cores.
-    """
-    share = max(1, cores // max(1, local_world_size))
-    return share if requested is None else max(1, min(requested, share))
-
-
 def timeout() -> datetime.timedelta:
     """How long a collective waits for the other ranks (``TORCHCLF_DIST_TIMEOUT`` seconds)."""
     text = os.environ.get(TIMEOUT_ENV, "")
@@ -136,10 +120,75 @@ def _uses_cuda(device: str | None) -> bool:
     return device in (None, "auto", "cuda") and torch.cuda.is_available()
 
 
+SIGTERM_GRACE_S = 3.0  # how long a SIGTERM may wait for the main thread before the process ends anyway
+
+
 def _exit_on_sigterm(signum, frame):
     # torchrun stops the surviving ranks with SIGTERM when one fails; raising
     # lets `finally` blocks (such as the run folder's temporary-folder cleanup) run.
     raise SystemExit(128 + signum)
+
+
+def _handle_sigterm() -> None:
+    """End this process promptly on SIGTERM, through ``finally`` blocks when the main thread can run them.
+
+    A Python signal handler runs only when the main thread next executes
+    Python code. A rank waiting in a collective, or in joining the group, for
+    a rank that already failed sits in C++ until the job's timeout, and
+    torchrun kills it 30 s after its SIGTERM. So the signal also wakes a
+    watcher thread (through :func:`signal.set_wakeup_fd`); if the main thread
+    then stays at the same place for ``SIGTERM_GRACE_S`` seconds, it is stuck
+    there, and the watcher ends the process. A handler the program installed
+    itself (the command line's) is kept; without one, SIGTERM raises
+    SystemExit; an ignored SIGTERM stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals and the wakeup fd belong to the main thread
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    elif not callable(handler):
+        return  # ignored, or handled outside Python: nothing wakes the watcher
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # set_wakeup_fd's rule: a full pipe must never block the signal
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        previous = None
+    if previous != -1:  # unsupported, or already taken (an event loop, an earlier setup): leave it as it was
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    threading.Thread(target=_watch_for_sigterm, args=(read_fd,), name="torchclf-sigterm", daemon=True).start()
+
+
+def _main_thread_place():
+    """Where the main thread is now: its innermost frame and instruction, or None."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    return None if frame is None else (id(frame), frame.f_code, frame.f_lasti)
+
+
+def _watch_for_sigterm(read_fd: int) -> None:
+    while True:
+        try:
+            received = os.read(read_fd, 64)  # one byte per signal handled in Python: its number
+        except OSError:
+            return
+        if not received:
+            return
+        if int(signal.SIGTERM) in received:
+            break
+    step, still, place = 0.1, 0.0, _main_thread_place()
+    while still < SIGTERM_GRACE_S:  # a main thread that moves is running the handler or cleaning up
+        time.sleep(step)
+        now = _main_thread_place()
+        still, place = (still + step, place) if now == place else (0.0, now)
+    # The environment, not rank(): nothing here may wait on the process group.
+    os.write(2, f"torchrun rank {os.environ.get('RANK', '?')}: stopped by SIGTERM while waiting for the other "
+                "processes (another rank failed or was stopped: see its message above)\n".encode())
+    os._exit(128 + int(signal.SIGTERM))
 
 
 def setup(threads: int | None = None, device: str | None = None) -> bool:
@@ -154,11 +203,11 @@ def setup(threads: int | None = None, device: str | None = None) -> bool:
         return False
     if dist.is_initialized():
         return is_distributed()
-    torch.set_num_threads(thread_count(threads, available_cores(), launch.local_world_size))
+    torch.set_num_threads(accel.thread_count(threads, accel.available_cores(), launch.local_world_size))
     if threads is not None and torch.get_num_threads() < threads and launch.rank == 0:
         warnings.warn(
             f"threads={threads}: capped at {torch.get_num_threads()} per process "
-            f"({available_cores()} cores shared by {launch.local_world_size} processes)",
+            f"({accel.available_cores()} cores shared by {launch.local_world_size} processes)",
             stacklevel=2,
         )
     backend = "gloo"
@@ -171,8 +220,7 @@ def setup(threads: int | None = None, device: str | None = None) -> bool:
         torch.cuda.set_device(launch.local_rank)
         # Collectives on CPU tensors (flags, barriers) go through gloo, CUDA tensors through NCCL.
         backend = "cpu:gloo,cuda:nccl"
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _handle_sigterm()
     dist.init_process_group(backend=backend, timeout=timeout())
     _OWNED["group"] = True
     atexit.register(teardown)
@@ -187,7 +235,7 @@ def teardown() -> None:
 
 
 def begin_run(spec, train_config) -> bool:
-    """Join the job and note whether ``spec`` gives each rank its own rows; returns that.
+    """Join the job (if launched by torchrun) and note whether ``spec`` gives each rank its own rows; returns that.
 
     ``spec`` is the data argument of :func:`torchclf.train`; with
     ``TORCHCLF_SHARD_PARQUET=1`` a Parquet file or folder is read in parts,
@@ -195,7 +243,8 @@ def begin_run(spec, train_config) -> bool:
     """
     from torchclf.data.shards import reads_part
 
-    _ROWS["local"] = reads_part(spec) and setup(train_config.threads, train_config.device)
+    joined = setup(train_config.threads, train_config.device)
+    _ROWS["local"] = joined and reads_part(spec)
     return _ROWS["local"]
 
 

@@ -9,13 +9,21 @@ per epoch, so a step never waits on the host.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from torchclf import accel, distributed
-from torchclf.callbacks import Callback, DivergenceGuard, EarlyStopping, EpochLogger, ProgressBar
+from torchclf.callbacks import (
+    Callback,
+    DivergenceGuard,
+    EarlyStopping,
+    EpochLogger,
+    L1Penalty,
+    ProgressBar,
+    TrainState,
+)
 from torchclf.config import TrainConfig
 from torchclf.errors import TorchclfError
 from torchclf.task import Task
@@ -44,28 +52,6 @@ class TensorData:
     def to(self, device: torch.device) -> TensorData:
         w = None if self.weight is None else self.weight.to(device)
         return TensorData(self.X.to(device), self.y.to(device), w)
-
-
-@dataclass
-class TrainState:
-    """What the loop knows, shared with callbacks."""
-
-    model: nn.Module
-    config: TrainConfig
-    optimizer: torch.optim.Optimizer
-    epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-    stop: bool = False
-    stop_reason: str = ""
-    best_epoch: int | None = None
-    # Exposed so that a checkpoint can save and restore them (see torchclf.checkpoint).
-    scheduler: object = None
-    generator: torch.Generator | None = None
-    callbacks: list = field(default_factory=list)
-
-    @property
-    def last(self) -> dict:
-        return self.history[-1]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,8 +112,11 @@ def _batches(n: int, batch_size: int | None, generator: torch.Generator, device)
 
 
 def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, generator,
-              precision=accel.FULL_PRECISION) -> tuple[float, float]:
-    """Train for one pass over ``data``; returns (mean loss, accuracy)."""
+              precision=accel.FULL_PRECISION, after_step=None) -> tuple[float, float]:
+    """Train for one pass over ``data``; returns (mean loss, accuracy).
+
+    ``after_step(i, n)``, when given, is called after the i-th of the epoch's n steps.
+    """
     # Always switch: ``model`` may be a DDP or compiled wrapper whose own flag
     # does not show that evaluation left the module inside in eval mode.
     model.train()
@@ -139,12 +128,16 @@ def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, gen
         loss, correct = train_step(model, task, loss_fn, optimizer, data.X, data.y, data.weight, precision)
         total_loss += loss
         total_correct += correct
+        if after_step is not None:
+            after_step(1, 1)
     else:
-        for idx in batches:
+        for i, idx in enumerate(batches, 1):
             w = None if data.weight is None else data.weight[idx]
             loss, correct = train_step(model, task, loss_fn, optimizer, data.X[idx], data.y[idx], w, precision)
             total_loss += loss
             total_correct += correct
+            if after_step is not None:
+                after_step(i, len(batches))
     # Under torchrun the sums of all ranks together are the single-process sums.
     total_loss, total_correct, n = distributed.sum_across_ranks(total_loss, total_correct,
                                                                  distributed.shard_size(len(data)))
@@ -202,14 +195,25 @@ def evaluate(model, task: Task, loss_fn, data: TensorData) -> tuple[float, float
     return loss_sum / weight_sum, correct / n
 
 
-def default_callbacks(config: TrainConfig, verbose: bool, has_validation: bool) -> list[Callback]:
+def default_callbacks(config: TrainConfig, verbose: bool, has_validation: bool, extra=()) -> list[Callback]:
+    """The standard callbacks around ``extra`` ones: the divergence guard and early stopping
+    first (so ``extra`` sees their decisions), progress and log lines last (so they show every stop)."""
     callbacks: list[Callback] = [DivergenceGuard(config.lr)]
+    if config.l1:
+        callbacks.append(L1Penalty(config.l1))
     if has_validation:
         callbacks.append(EarlyStopping(config.patience))
+    callbacks += list(extra)
     if verbose:
         every = config.log_every or max(1, config.epochs // 10)
         callbacks += [ProgressBar(), EpochLogger(every)]
     return callbacks
+
+
+def _step_end(state: TrainState, hooks: list[Callback], step: int, steps: int) -> None:
+    state.step, state.steps = step, steps
+    for cb in hooks:
+        cb.on_step_end(state)
 
 
 @accel.speed_settings
@@ -235,10 +239,13 @@ def fit(
     """
     if callbacks is None:
         callbacks = default_callbacks(config, verbose, validation is not None and len(validation) > 0)
-    if distributed.setup(config.threads, config.device) and not distributed.is_main():
+    if distributed.is_distributed() and not distributed.is_main():  # api.prepare joined the job
         callbacks = [cb for cb in callbacks if not isinstance(cb, (ProgressBar, EpochLogger))]
     device = train.X.device
-    loss_fn = task.loss_function(None if class_weight is None else class_weight.to(device))
+    class_weight = None if class_weight is None else class_weight.to(device)
+    loss_fn = task.loss_function(class_weight, config.label_smoothing)
+    # Validation measures the plain loss: smoothing is a training device, not what early stopping should judge.
+    eval_loss_fn = task.loss_function(class_weight) if config.label_smoothing else loss_fn
     optimizer = make_optimizer(model, config)
     if optimizer_state is not None:
         # The moments carry over; the hyperparameters are this run's configuration.
@@ -254,19 +261,25 @@ def fit(
     train_model = accel.maybe_compile(train_model, config.compile, device)
     precision = accel.Precision(config.precision, device)
 
+    # Only callbacks that define on_step_end are called after each step, so the others cost the loop nothing.
+    step_hooks = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
+    after_step = None if not step_hooks else (lambda i, n: _step_end(state, step_hooks, i, n))
     for cb in callbacks:
         cb.on_train_begin(state)
-    for epoch in range(state.epoch + 1, config.epochs + 1):  # a restored checkpoint sets state.epoch
-        state.epoch = epoch
+    # Callbacks may replace state.config (say, more epochs or another batch size), state.optimizer and
+    # state.scheduler between epochs; each epoch reads them afresh. A restored checkpoint sets state.epoch.
+    while state.epoch < state.config.epochs:
+        state.epoch = epoch = state.epoch + 1
         for cb in callbacks:
             cb.on_epoch_begin(state)
+        config, optimizer, scheduler = state.config, state.optimizer, state.scheduler
         t0 = time.perf_counter()
         train_loss, train_acc = run_epoch(train_model, task, loss_fn, optimizer, train, config.batch_size, generator,
-                                          precision)
+                                          precision, after_step)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"]}
         if validation is not None and len(validation) and (epoch % config.eval_every == 0 or epoch == config.epochs):
-            row["val_loss"], row["val_accuracy"] = evaluate(model, task, loss_fn, validation)
+            row["val_loss"], row["val_accuracy"] = evaluate(model, task, eval_loss_fn, validation)
         row["seconds"] = time.perf_counter() - t0
         state.history.append(row)
         if scheduler is not None:

@@ -2,15 +2,17 @@
 
 :class:`NeuralNetClassifier` only translates scikit-learn conventions (input
 validation, parameters, tags, ``classes_``) into a :class:`~torchclf.config.RunConfig`
-and a :class:`~torchclf.data.Dataset`; the preprocessing, the task and the
-training loop are those of ``torchclf train``, through
-:func:`torchclf.api.fit_predictor`. A fitted estimator saves to, and loads
-from, the same run folder as the command line.
+and a :class:`~torchclf.data.Dataset`, that is a :class:`~torchclf.spec.RunSpec`;
+the set-up (validation split, preprocessing, task, seeded network) and the
+training loop are those of ``torchclf train``, through :func:`torchclf.api.prepare`
+and :func:`torchclf.api.fit`. A fitted estimator saves to, and loads from, the
+same run folder as the command line.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -18,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_sample_weight
@@ -32,24 +33,104 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from torchclf import api, engine
-from torchclf.callbacks import Callback
-from torchclf.config import (
-    ACTIVATIONS,
-    DEVICES,
-    NORMS,
-    OPTIMIZERS,
-    SCHEDULES,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    with_overrides,
-)
+from torchclf import api
+from torchclf.callbacks import EarlyStopping
+from torchclf.config import PARAMS, Param, RunConfig, with_values
 from torchclf.data import Dataset
 from torchclf.predictor import Predictor
 from torchclf.preprocess import LabelCoder
+from torchclf.spec import RunSpec
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# The estimator's parameters that come from the table (torchclf.config.PARAMS), in table order.
+TABLE_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.estimator_name is not None)
+
+# Parameters of the estimator alone, with their constraints: scikit-learn's conventions (tol, random_state,
+# warm_start, verbose), the network's floating type, and early stopping as a switch (the command line holds
+# out validation rows with --val-size instead). Every other parameter comes from the table.
+ESTIMATOR_ONLY_DEFAULTS: dict = {
+    "early_stopping": False, "validation_fraction": 0.1, "tol": 1e-4, "dtype": None,
+    "random_state": None, "warm_start": False, "verbose": False,
+}
+ESTIMATOR_ONLY: dict[str, list] = {
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(Real, 0, 0.5, closed="right")],  # the workflow holds out at most half
+    "tol": [Interval(Real, 0, None, closed="left")],
+    "dtype": [StrOptions(set(_DTYPES)), None],
+    "random_state": ["random_state"],
+    "warm_start": ["boolean"],
+    "verbose": ["verbose"],
+}
+
+# Values the estimator accepts beyond the table's, by table name: a single int for one hidden layer, and a
+# {label: weight} dict (applied to the sample weights) as scikit-learn's class_weight allows.
+_EXTENSIONS: dict[str, list] = {
+    "hidden": [Interval(Integral, 1, None, closed="left")],
+    "class_weight": [dict],
+}
+
+
+def _constraints(p: Param) -> list:
+    """scikit-learn's constraints for a table parameter, from its kind, bounds, choices and ``none``."""
+    if p.kind == "sizes":
+        found: list = ["array-like"]
+    elif p.kind == "bool":
+        found = ["boolean"]
+    elif p.choices is not None:
+        found = [StrOptions(set(p.choices))]
+    elif p.kind == "str":
+        found = [str]
+    else:
+        number = Integral if p.kind == "int" else Real
+        cast = int if p.kind == "int" else float
+        left = p.low is not None and not p.low_open
+        right = p.high is not None and not p.high_open
+        closed = {(True, True): "both", (True, False): "left", (False, True): "right"}.get((left, right), "neither")
+        found = [Interval(number, None if p.low is None else cast(p.low), None if p.high is None else cast(p.high),
+                          closed=closed)]
+    return found + _EXTENSIONS.get(p.name, []) + ([None] if p.none is not None else [])
+
+
+# The estimator's wording, by table name, where the command line's help text does not fit: (type, text),
+# a None type meaning "derived from the table".
+_DOC: dict[str, tuple[str | None, str]] = {
+    "hidden": ("int or tuple of int", "Units per hidden layer; ``()`` for no hidden layer (a linear model)."),
+    "dropout": (None, "Dropout probability after each hidden layer. Off by default (unlike ``torchclf train``) "
+                "because each copy of a repeated row draws its own dropout mask, so with dropout a sample "
+                "weight of k is no longer the same as k copies of the row."),
+    "epochs": (None, "Epochs (passes over the training rows) per call to ``fit``."),
+    "batch_size": (None, "Rows per step; None trains on all rows at once."),
+    "patience": (None, "Evaluations without an improvement of at least ``tol`` after which training stops: "
+                 "in the validation loss with early stopping (keeping the best weights), else in the training "
+                 "loss, as MLPClassifier does. 0 never stops early."),
+    "threads": (None, "CPU threads for torch while fitting (None: the engine's choice); torch's own setting "
+                "is the same after ``fit`` as before."),
+    "class_weight": ('dict, "balanced" or None', '"balanced" reweights the loss by n_samples / (n_classes * '
+                     "count), or the positive examples of each label for multilabel targets, as ``torchclf "
+                     "train --class-weight balanced`` does; a dict ``{label: weight}`` multiplies the sample "
+                     "weights (single-label only)."),
+}
+
+
+def _table_parameters_doc() -> str:
+    """The numpydoc entries of the table parameters, from :data:`torchclf.config.PARAMS`."""
+    import textwrap
+
+    entries = []
+    for p in TABLE_PARAMS:
+        kind, text = _DOC.get(p.name, (None, p.help))
+        if kind is None:
+            if p.choices is not None:
+                kind = "{" + ", ".join(f'"{c}"' for c in p.choices) + "}"
+            else:
+                kind = "bool" if p.kind == "bool" else f"{p.kind} {p.bounds_text()}".strip()
+            kind += " or None" if p.none is not None else ""
+        entries.append(f"    {p.estimator_name} : {kind}, default={p.estimator_value!r}\n")
+        entries.append(textwrap.fill(f"{text} ``torchclf train {p.cli_flag}``.", width=79,
+                                     initial_indent=" " * 8, subsequent_indent=" " * 8,
+                                     break_on_hyphens=False, break_long_words=False) + "\n")
+    return "".join(entries)
 
 
 class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
@@ -61,62 +142,31 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
     categorical columns of a DataFrame are one-hot encoded. Missing values
     (NaN) are imputed; sparse input is refused.
 
-    Parameters marked "CLI default" take the default of the same setting of
-    ``torchclf train`` (:class:`~torchclf.config.ModelConfig` and
-    :class:`~torchclf.config.TrainConfig`), so that both front doors train the
-    same network unless told otherwise.
+    The parameters shared with ``torchclf train`` come from the one table of
+    parameters, :data:`torchclf.config.PARAMS`: their defaults, their bounds
+    and choices (checked in ``fit``) and their entries below are derived from
+    it, so that both front doors train the same network unless told otherwise;
+    a parameter added to the table needs only its line in ``__init__`` (a test
+    fails until it has one). The estimator's own parameters are those of
+    :data:`ESTIMATOR_ONLY`.
 
     Parameters
     ----------
-    hidden_layer_sizes : int or tuple of int, CLI default
-        Units per hidden layer; ``()`` for no hidden layer (a linear model).
-    activation : {"relu", "leaky_relu", "gelu", "silu", "elu", "tanh", "sigmoid", "linear"}, CLI default
-    dropout : float in [0, 1), default=0.0
-        Dropout probability after each hidden layer. Off by default (unlike
-        ``torchclf train``) because each copy of a repeated row draws its own
-        dropout mask, so with dropout a sample weight of k is no longer the
-        same as k copies of the row.
-    norm : {"none", "batch", "layer"}, CLI default
-        Normalisation inside each hidden layer.
-    optimizer : {"adam", "adamw", "sgd"}, CLI default
-    lr : float > 0, CLI default
-        Learning rate.
-    weight_decay : float >= 0, CLI default
-    momentum : float in [0, 1), CLI default
-        Momentum of the "sgd" optimizer.
-    schedule : {"none", "plateau", "cosine"}, CLI default
-        Learning-rate schedule; "plateau" halves the rate when the
-        validation loss (the training loss without early stopping) stalls.
-    batch_size : int or None, CLI default
-        Rows per step; None trains on all rows at once.
-    max_iter : int, CLI default (``--epochs``)
-        Epochs (passes over the training rows) per call to ``fit``.
+    {table_parameters}
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the rows (stratified), stop when
-        their loss has not improved for ``n_iter_no_change`` epochs, and keep
-        the best weights. Ignored by ``partial_fit``.
-    validation_fraction : float in (0, 0.9), default=0.1
-    n_iter_no_change : int, CLI default (``--patience``)
-        Epochs without an improvement of at least ``tol`` after which
-        training stops: in the validation loss with early stopping (keeping
-        the best weights), else in the training loss, as MLPClassifier does.
-        0 never stops early.
+        their loss has not improved for ``n_iter_no_change`` evaluations, and
+        keep the best weights. Ignored by ``partial_fit``.
+    validation_fraction : float in (0, 0.5], default=0.1
+        Held out with ``early_stopping``, stratified where every class has
+        two rows or more.
     tol : float >= 0, default=1e-4
         The improvement of the training loss that counts, without early stopping.
-    class_weight : dict, "balanced" or None, default=None
-        "balanced" reweights the loss by n_samples / (n_classes * count), or
-        the positive examples of each label for multilabel targets, as
-        ``torchclf train --class-weight balanced`` does; a dict
-        ``{label: weight}`` multiplies the sample weights (single-label only).
-    max_categories : int, default=50
-        Most one-hot columns per categorical column; rarer values share one.
     dtype : {"float32", "float64"} or None, default=None
         Floating type of the network. None follows the input as scikit-learn's
         MLPClassifier does: float32 input trains in float32, anything else in
-        float64. Choose "float32" for speed on a GPU.
-    device : {"auto", "cpu", "cuda", "mps"}, CLI default
-    threads : int or None, default=None
-        CPU threads for torch (None leaves torch's setting alone).
+        float64 (float32 when ``precision`` is reduced). Choose "float32" for
+        speed on a GPU.
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, shuffling and the validation split; an int
         gives the same model on the same machine and thread count.
@@ -144,80 +194,13 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "activation": [StrOptions(set(ACTIVATIONS))],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "norm": [StrOptions(set(NORMS))],
-        "optimizer": [StrOptions(set(OPTIMIZERS))],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "momentum": [Interval(Real, 0, 1, closed="left")],
-        "schedule": [StrOptions(set(SCHEDULES))],
-        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 0.9, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 0, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "class_weight": [dict, StrOptions({"balanced"}), None],
-        "max_categories": [Interval(Integral, 1, None, closed="left")],
-        "dtype": [StrOptions(set(_DTYPES)), None],
-        "device": [StrOptions(set(DEVICES))],
-        "threads": [Interval(Integral, 1, None, closed="left"), None],
-        "random_state": ["random_state"],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
+        **{p.estimator_name: _constraints(p) for p in TABLE_PARAMS},
+        **ESTIMATOR_ONLY,
     }
 
-    def __init__(
-        self,
-        hidden_layer_sizes=ModelConfig.hidden,
-        activation=ModelConfig.activation,
-        dropout=0.0,
-        norm=ModelConfig.norm,
-        optimizer=TrainConfig.optimizer,
-        lr=TrainConfig.lr,
-        weight_decay=TrainConfig.weight_decay,
-        momentum=TrainConfig.momentum,
-        schedule=TrainConfig.schedule,
-        batch_size=TrainConfig.batch_size,
-        max_iter=TrainConfig.epochs,
-        early_stopping=False,
-        validation_fraction=0.1,
-        n_iter_no_change=TrainConfig.patience,
-        tol=1e-4,
-        class_weight=None,
-        max_categories=50,
-        dtype=None,
-        device=TrainConfig.device,
-        threads=None,
-        random_state=None,
-        warm_start=False,
-        verbose=False,
-    ):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.dropout = dropout
-        self.norm = norm
-        self.optimizer = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.momentum = momentum
-        self.schedule = schedule
-        self.batch_size = batch_size
-        self.max_iter = max_iter
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
-        self.class_weight = class_weight
-        self.max_categories = max_categories
-        self.dtype = dtype
-        self.device = device
-        self.threads = threads
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
+    # scikit-learn reads the parameters from __init__'s signature, which is built from the table (see
+    # _make_init below): a parameter added to torchclf.config.PARAMS becomes an estimator parameter as it is.
+    __init__ = None  # replaced below, once the class exists
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -300,38 +283,44 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
 
         seed = self._seed()
         config = self._config(seed)
-        train, validation, train_weight = self._datasets(frame, y, weight, labels, seed, incremental)
-        run = with_overrides(config, train={
-            "epochs": 1 if incremental else self.max_iter,
-            # a continued run shuffles differently from the run it continues
-            "seed": seed + (self.n_iter_ if continuing else 0),
+        dtype = self.predictor_.dtype if continuing else self._torch_dtype(frame)
+        if dtype == torch.float64 and config.train.precision != "float32":
+            # autocast leaves float64 arithmetic alone, so the request would silently do nothing
+            raise ValueError(f"{name}.{method}: precision={self.precision!r} needs a float32 network, this one is "
+                             "float64; set dtype='float32' (or None, with a new model)")
+        held_out = self.early_stopping and not incremental
+        run = with_values(config, {
+            "epochs": 1 if incremental else config.train.epochs,
+            # A continued run shuffles differently from the run it continues, except with early stopping:
+            # the seed also draws the validation rows, which must stay the rows the model never trained on.
+            "seed": seed + (self.n_iter_ if continuing and not held_out else 0),
+            "validation_size": config.data.validation_size if held_out else 0.0,
         })
         optimizer_state = None
         if continuing and self._optimizer_kind == self.optimizer:
             optimizer_state = self._optimizer_state
+        spec = RunSpec(self._dataset(frame, y, weight, labels), config=run)
+        # api.prepare holds out the validation rows and, for a new model, fits the preprocessing on the
+        # others and seeds and builds the network; `start` continues from this estimator's network instead.
+        prepared = api.prepare(spec, labels=labels, dtype=None if continuing else dtype,
+                               start=self.predictor_ if continuing else None)
         if continuing:
-            torch.manual_seed(run.train.seed)  # dropout in a continued run draws from the seed too
+            torch.manual_seed(run.train.seed)  # prepare does not seed a continued run; dropout draws from this
         callbacks = None
-        if validation is None and not incremental and self.n_iter_no_change:
-            callbacks = [_LossPlateau(float(self.tol), int(self.n_iter_no_change)),
-                         *engine.default_callbacks(run.train, bool(self.verbose), has_validation=False)]
-        predictor, state = api.fit_predictor(
-            train, validation, run,
-            labels=labels,
-            sample_weight=train_weight,
-            verbose=bool(self.verbose),
-            callbacks=callbacks,
-            warm_start=self.predictor_ if continuing else None,
-            dtype=None if continuing else self._torch_dtype(frame),
-            optimizer_state=optimizer_state,
-        )
+        if prepared.splits.validation is None and not incremental and run.train.patience:
+            # MLPClassifier's convergence rule without a validation set: stop once the training loss stalls.
+            callbacks = [EarlyStopping(run.train.patience, min_delta=float(self.tol), restore_best=False,
+                                       monitor="train_loss")]
+        result = api.fit(prepared, callbacks=callbacks, verbose=bool(self.verbose), optimizer_state=optimizer_state,
+                         scores=False)
+        predictor = result.predictor
         predictor.config = config
         done = self.n_iter_ if continuing else 0
-        history = [{**row, "epoch": row["epoch"] + done} for row in state.history]
+        history = [{**row, "epoch": row["epoch"] + done} for row in result.history]
         self.predictor_ = predictor
         self.history_ = (list(self.history_) if continuing else []) + history
         self.n_iter_ = len(self.history_)
-        self._optimizer_state = state.optimizer.state_dict()
+        self._optimizer_state = result.optimizer_state
         self._optimizer_kind = self.optimizer
         self.classes_ = fitted_classes
         if not continuing:
@@ -375,23 +364,13 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{name}.partial_fit: classes={np.unique(classes).tolist()[:20]} is not the same as on "
                              f"the first call ({self.classes_.tolist()[:20]})")
 
-    def _datasets(self, frame, y, weight, labels: LabelCoder, seed: int, incremental: bool):
-        """Training rows, validation rows (early stopping only) and the training rows' weights."""
+    def _dataset(self, frame: pd.DataFrame, y: np.ndarray, weight, labels: LabelCoder) -> Dataset:
+        """The rows to train on, with the target as labels (n_samples,) or an indicator frame (n_samples, n_labels)."""
         if labels.multilabel:
             target = pd.DataFrame(y, columns=labels.classes)
         else:
             target = pd.Series(y, name="label")
-        data = Dataset(frame, target, name=type(self).__name__)
-        if not self.early_stopping or incremental:
-            return data, None, weight
-        index = np.arange(len(frame))
-        try:
-            fit_rows, val_rows = train_test_split(index, test_size=self.validation_fraction, random_state=seed,
-                                                  stratify=None if labels.multilabel else y)
-        except ValueError:  # a class too rare to appear on both sides: split without strata
-            fit_rows, val_rows = train_test_split(index, test_size=self.validation_fraction, random_state=seed)
-        return data.take(np.sort(fit_rows)), data.take(np.sort(val_rows)), \
-            None if weight is None else weight[np.sort(fit_rows)]
+        return Dataset(frame, target, name=type(self).__name__, weight=weight)
 
     def _seed(self) -> int:
         if isinstance(self.random_state, Integral):
@@ -399,34 +378,27 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
     def _config(self, seed: int) -> RunConfig:
-        hidden = self.hidden_layer_sizes
-        hidden = (hidden,) if isinstance(hidden, Integral) else tuple(int(h) for h in hidden)
-        return api.make_config(
-            model={"hidden": hidden, "activation": self.activation, "dropout": float(self.dropout), "norm": self.norm},
-            train={
-                "epochs": int(self.max_iter),
-                "batch_size": None if self.batch_size is None else int(self.batch_size),
-                "optimizer": self.optimizer,
-                "lr": float(self.lr),
-                "weight_decay": float(self.weight_decay),
-                "momentum": float(self.momentum),
-                "schedule": self.schedule,
-                "patience": int(self.n_iter_no_change),
-                "seed": seed,
-                "device": self.device,
-                "threads": self.threads,
-                "class_weight": "balanced" if self.class_weight == "balanced" else None,
-            },
-            data={
-                "test_size": 0.0,
-                "validation_size": float(self.validation_fraction) if self.early_stopping else 0.0,
-                "max_categories": int(self.max_categories),
-            },
+        """The run this estimator describes: its table parameters by table name, plus the seed and splits."""
+        values = {p.name: getattr(self, p.estimator_name) for p in TABLE_PARAMS}
+        hidden = values["hidden"]
+        values["hidden"] = (hidden,) if isinstance(hidden, Integral) else tuple(hidden)
+        if isinstance(values["class_weight"], dict):
+            values["class_weight"] = None  # a dict is applied to the sample weights, see _fit
+        for p in TABLE_PARAMS:
+            if p.kind == "bool" and isinstance(values[p.name], np.bool_):
+                values[p.name] = bool(values[p.name])  # scikit-learn's "boolean" allows numpy's bool too
+        values.update(
+            seed=seed,
+            test_size=0.0,  # the caller holds out its own test rows
+            validation_size=float(self.validation_fraction) if self.early_stopping else 0.0,
         )
+        return with_values(RunConfig(), values)
 
     def _torch_dtype(self, frame: pd.DataFrame) -> torch.dtype:
         if self.dtype is not None:
             return _DTYPES[self.dtype]
+        if self.precision != "float32":
+            return torch.float32  # reduced precision autocasts from float32 only
         single = len(frame.columns) and all(t == np.float32 for t in frame.dtypes)
         return torch.float32 if single else torch.float64
 
@@ -484,7 +456,7 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         """Labels of shape (n_samples,) as given in ``y``, or a 0/1 matrix (n_samples, n_labels) for multilabel."""
         proba = self.predict_proba(X)
-        indices = self.predictor_.task.labels(torch.from_numpy(proba)).numpy()
+        indices = self.predictor_.decide(proba)
         if self.predictor_.task.kind == "multilabel":
             return indices.astype(getattr(self, "_indicator_dtype", None) or np.int64)
         return np.asarray(self.classes_)[indices]
@@ -526,7 +498,8 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
             },
         }
         record = Predictor(p.model, p.task, p.preprocessor, p.labels, p.config, label_sep=p.label_sep,
-                           target_columns=p.target_columns, extra=extra)
+                           target_columns=p.target_columns, extra=extra, calibration=p.calibration,
+                           threshold=p.threshold, threshold_objective=p.threshold_objective)
         with atomic_folder(path) as folder:
             record.save_model(folder)
             api.write_history(folder / "history.csv", self.history_)
@@ -557,31 +530,37 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
         return estimator
 
 
-# ----- helpers -------------------------------------------------------------------
-class _LossPlateau(Callback):
-    """Stop when the training loss has not fallen by ``tol`` for ``patience`` epochs.
+if NeuralNetClassifier.__doc__:  # None under python -OO
+    NeuralNetClassifier.__doc__ = NeuralNetClassifier.__doc__.replace("    {table_parameters}\n",
+                                                                      _table_parameters_doc())
 
-    MLPClassifier's convergence rule without early stopping; it keeps
-    long runs on separable or heavily weighted data from drifting once the
-    loss is spent.
+
+def _make_init(defaults: dict):
+    """An ``__init__`` that stores its keyword arguments (or their defaults) and nothing else.
+
+    Its signature lists every parameter with its default, as scikit-learn's
+    ``get_params``, ``clone`` and ``repr`` read it; no ``**kwargs`` shows.
     """
 
-    def __init__(self, tol: float, patience: int):
-        self.tol = tol
-        self.patience = patience
-        self.best = float("inf")
-        self.bad = 0
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        for name, default in defaults.items():
+            setattr(self, name, params.get(name, default))
 
-    def on_epoch_end(self, state) -> None:
-        loss = state.last["train_loss"]
-        self.bad = self.bad + 1 if not loss < self.best - self.tol else 0
-        self.best = min(self.best, loss)
-        if self.bad >= self.patience:
-            state.stop = True
-            state.stop_reason = (f"converged: the training loss has not improved by {self.tol:g} "
-                                 f"for {self.patience} epochs")
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    __init__.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(name, keyword, default=value) for name, value in defaults.items()])
+    return __init__
 
 
+NeuralNetClassifier.__init__ = _make_init(
+    {**{p.estimator_name: p.estimator_value for p in TABLE_PARAMS}, **ESTIMATOR_ONLY_DEFAULTS})
+
+
+# ----- helpers -------------------------------------------------------------------
 def _validate_target(y) -> tuple[np.ndarray, list[str] | None]:
     """``y`` as (n_samples,) labels or an (n_samples, n_labels) indicator, plus label column names."""
     names = None
@@ -610,11 +589,13 @@ def _to_cpu(value):
 
 
 def _predictor_from(manifest: dict, weights: dict) -> Predictor:
-    from torchclf.artifact import rebuild
+    from torchclf.artifact import decisions, rebuild
 
     model, task, pre, labels, config = rebuild(manifest, weights, "pickled NeuralNetClassifier")
+    calibration, threshold, objective = decisions(manifest, task, "pickled NeuralNetClassifier")
     return Predictor(model, task, pre, labels, config, label_sep=manifest.get("label_sep"),
-                     target_columns=manifest.get("target_columns") or [], extra=manifest.get("extra") or {})
+                     target_columns=manifest.get("target_columns") or [], extra=manifest.get("extra") or {},
+                     calibration=calibration, threshold=threshold, threshold_objective=objective)
 
 
 def _json_params(params: dict) -> dict:
@@ -641,15 +622,12 @@ def _params_from_json(params: dict, cls) -> dict:
 
 def _params_from_config(config: RunConfig) -> dict:
     """Estimator parameters that describe a run of ``torchclf train``."""
-    m, t, d = config.model, config.train, config.data
-    return {
-        "hidden_layer_sizes": tuple(m.hidden), "activation": m.activation, "dropout": m.dropout, "norm": m.norm,
-        "optimizer": t.optimizer, "lr": t.lr, "weight_decay": t.weight_decay, "momentum": t.momentum,
-        "schedule": t.schedule, "batch_size": t.batch_size, "max_iter": t.epochs,
-        "early_stopping": d.validation_size > 0, "validation_fraction": d.validation_size or 0.1,
-        "n_iter_no_change": t.patience, "class_weight": t.class_weight, "max_categories": d.max_categories,
-        "device": t.device, "threads": t.threads, "random_state": t.seed,
-    }
+    params = {p.estimator_name: config.value(p.name) for p in TABLE_PARAMS}
+    validation = config.data.validation_size
+    params.update(early_stopping=validation > 0, random_state=config.train.seed)
+    if validation > 0:
+        params["validation_fraction"] = min(validation, 0.5)  # the split holds out at most half the rows
+    return params
 
 
 def _plain(value):

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from torchclf.data import Dataset, resolve_source, split_dataset
 from torchclf.errors import TorchclfError
+from torchclf.spec import RunSpec
 
 
 @dataclass
@@ -67,19 +67,42 @@ class Explanation:
         return shown
 
 
-def describe_rule(task, classes: list[str] | None = None) -> str:
-    """How this task turns logits into probabilities and probabilities into labels, in one line."""
+def describe_rule(task, classes: list[str] | None = None, *, calibration=None, threshold=None) -> str:
+    """How this task turns logits into probabilities and probabilities into labels, in one line.
+
+    ``calibration`` (a :class:`~torchclf.calibration.Calibration`) and
+    ``threshold`` (a float, or one per label) are a predictor's own, when it has them.
+    """
+    def scaled(logit: str) -> str:
+        if calibration is None:
+            return logit
+        if calibration.method != "temperature":
+            return f"{logit}, calibrated ({calibration.method})"
+        temps = calibration.temperatures or [1.0]
+        return f"{logit} / {temps[0]:.4g}" if len(set(temps)) == 1 else f"{logit} / T (one per label)"
+
+    if threshold is None:
+        cut = f"{task.threshold:g}"
+    else:
+        values = np.atleast_1d(np.asarray(threshold, dtype=float))
+        cut = f"{values[0]:.4g}" if len(set(values.tolist())) == 1 else "its own threshold (" + ", ".join(
+            f"{v:.3g}" for v in values) + ")"
     if task.output_activation == "softmax":
-        return "probabilities = softmax(logits), one per class, summing to 1; label = the class with the largest"
+        return (f"probabilities = softmax({scaled('logits')}), one per class, summing to 1; "
+                "label = the class with the largest")
     if task.n_outputs == 1:
         neg, pos = (classes or ["0", "1"])[:2]
-        return (f"p({pos}) = sigmoid(logit), p({neg}) = 1 - p({pos}); "
-                f"label = {pos} if p({pos}) >= {task.threshold:g}, else {neg}")
-    return f"probabilities = sigmoid(logit) per label, independently; labels = those with p >= {task.threshold:g}"
+        return (f"p({pos}) = sigmoid({scaled('logit')}), p({neg}) = 1 - p({pos}); "
+                f"label = {pos} if p({pos}) >= {cut}, else {neg}")
+    return f"probabilities = sigmoid({scaled('logit')}) per label, independently; labels = those with p >= {cut}"
 
 
 def explain_rows(predictor, rows: pd.DataFrame, true=None) -> Explanation:
     """Follow ``rows`` through the model, keeping logits, probabilities and labels.
+
+    The probabilities and labels are the predictor's own (calibration and a
+    chosen threshold included), so they agree with ``predict_proba`` and
+    ``predict``.
 
     Parameters
     ----------
@@ -91,25 +114,26 @@ def explain_rows(predictor, rows: pd.DataFrame, true=None) -> Explanation:
     """
     logits = predictor.predict_logits(rows, where="explain")
     task = predictor.task
-    proba = task.probabilities(torch.from_numpy(logits)).numpy()
-    indices = task.labels(torch.from_numpy(proba)).numpy()
-    predicted = predictor.labels.decode(indices, predictor.label_sep)
+    proba = predictor.probabilities(logits)
+    predicted = predictor.labels.decode(predictor.decide(proba), predictor.label_sep)
     truth = None
     if true is not None:
         encoded = predictor.labels.encode(true, "explain (labels)")
         truth = predictor.labels.decode(encoded, predictor.label_sep)
     classes = [str(c) for c in predictor.classes]
     logit_names = ["logit"] if task.n_outputs == 1 else [f"logit({c})" for c in classes]
+    rule = describe_rule(task, classes, calibration=predictor.calibration, threshold=predictor.threshold)
     return Explanation(rows.reset_index(drop=True), logits, proba, list(predicted), truth,
-                       logit_names, classes, describe_rule(task, classes))
+                       logit_names, classes, rule)
 
 
 def held_out_rows(predictor, data: str | None = None, target: list[str] | None = None) -> tuple[Dataset, str]:
     """Labelled rows to look at: ``data`` if given, else the run's own test split.
 
-    The test split is rebuilt from the source recorded in the run (a built-in
-    dataset spec or a file path) with the run's seed and split sizes, and is
-    checked against the row counts the run recorded.
+    The run's :class:`~torchclf.spec.RunSpec` says where its rows came from:
+    its separate test file, or the test split rebuilt from its source (a
+    built-in dataset spec, or a file checked unchanged by its SHA-256) with
+    the run's seed and split sizes.
 
     Returns
     -------
@@ -120,24 +144,24 @@ def held_out_rows(predictor, data: str | None = None, target: list[str] | None =
     if data is not None:
         ds = resolve_source(data, list(target or predictor.target_columns) or None, label_sep=predictor.label_sep)
         return ds, data
-    summary = (predictor.extra or {}).get("data") or {}
-    source = summary.get("name")
     fix = "pass the labelled rows to use as DATA"
-    if not source or source in ("data", "DataFrame"):
-        raise TorchclfError(f"the run does not record a data source it can re-read (it was trained from memory); {fix}")
+    record = (predictor.extra or {}).get("spec")
+    if record is None:
+        raise TorchclfError(f"the run does not record the data it was trained on; {fix}")
     try:
-        ds = resolve_source(source, list(predictor.target_columns) or None, label_sep=predictor.label_sep)
+        spec = RunSpec.from_description(record, "the run's data")
+        dataset = spec.dataset()
+        if spec.test is not None:
+            return spec.test_dataset(dataset), f"{spec.test} (the run's test file)"
     except TorchclfError as exc:
-        raise TorchclfError(f"the run's data source {source!r} cannot be re-read ({exc}); {fix}") from None
-    cfg = predictor.config
-    splits = split_dataset(ds, test_size=cfg.data.test_size, validation_size=cfg.data.validation_size,
+        raise TorchclfError(f"{exc}; {fix}") from None
+    cfg = spec.config
+    splits = split_dataset(dataset, test_size=cfg.data.test_size, validation_size=cfg.data.validation_size,
                            seed=cfg.train.seed)
     part, name = (splits.test, "test") if splits.test is not None else (splits.validation, "validation")
-    expected = (summary.get("split_rows") or {}).get(name)
-    if part is None or (expected is not None and part.n_rows != expected):
-        raise TorchclfError(f"{source}: re-splitting does not give the run's {name} rows "
-                            f"(it was trained with a separate test file or the data changed); {fix}")
-    return part, f"{source} ({name} split)"
+    if part is None:
+        raise TorchclfError(f"the run held out no test or validation rows; {fix}")
+    return part, f"{spec.data} ({name} split)"
 
 
 def pick_rows(ds: Dataset, n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.Series | pd.DataFrame]:

@@ -1,6 +1,6 @@
 """Side-by-side experiments: several configurations trained on the same split and seed.
 
-:func:`compare` trains each :class:`Variant` through :func:`torchclf.api.train`
+:func:`compare` trains each :class:`Variant` through :func:`torchclf.api.run`
 (the one training loop) on one dataset and writes a folder with a metrics
 table (``metrics.csv``), the learning curves overlaid (``learning_curves.png``),
 for two plotted features a grid of decision boundaries
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from torchclf import api
-from torchclf.config import RunConfig
+from torchclf.config import PARAMS, RunConfig
 from torchclf.errors import TorchclfError
 
 #: The tutorial's path from a model that draws a straight line to one that bends.
@@ -155,9 +155,12 @@ def _row(variant: Variant, result: api.TrainResult, split: str) -> dict:
 
 
 def _check_same_split(variants: list[Variant]) -> None:
-    first = variants[0].config
+    def shared(config: RunConfig) -> dict:
+        return {p.name: config.value(p.name) for p in PARAMS if p.shared}
+
+    first = shared(variants[0].config)
     for v in variants[1:]:
-        if (v.config.train.seed, v.config.data) != (first.train.seed, first.data):
+        if shared(v.config) != first:
             raise TorchclfError(
                 f"variant {v.name!r}: its seed or split sizes differ from {variants[0].name!r}; a comparison "
                 "keeps one split, so set --seed/--test-size/--val-size on compare, not on a variant")
@@ -207,7 +210,6 @@ def compare(
     if dupes:
         raise TorchclfError(f"compare: variant names must be unique, repeated: {dupes}")
     _check_same_split(variants)
-    dataset = api.as_dataset(data, target, label_sep=label_sep)
     # PyTorch imports its compiler stack the first time an optimizer is built (seconds);
     # pay that before timing, so the first variant's time is comparable with the rest.
     import torch
@@ -217,7 +219,7 @@ def compare(
     for i, variant in enumerate(variants):
         if on_start is not None:
             on_start(i, variant)
-        result = api.train(dataset, config=variant.config, verbose=verbose)
+        result = api.run(api.RunSpec(data, target, None, label_sep, variant.config), verbose=verbose)
         comparison.results[variant.name] = result
     first = next(iter(comparison.results.values()))
     comparison.split = "test" if "test" in first.metrics else ("validation" if "validation" in first.metrics else "train")

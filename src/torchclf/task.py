@@ -69,19 +69,22 @@ class Task:
         t = torch.tensor(np.asarray(y), dtype=torch.float32)
         return t.reshape(-1, 1) if self.kind == "binary" else t
 
-    def loss_function(self, class_weight: torch.Tensor | None = None) -> nn.Module:
+    def loss_function(self, class_weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> nn.Module:
         """The training loss, with per-sample reduction left to the engine.
 
         ``class_weight`` (shape (n_classes,)) reweights classes for binary and
         multiclass problems, and positive examples per label for multilabel.
+        ``label_smoothing`` e moves multiclass targets to 1 - e plus e spread
+        over the classes, and 0/1 targets to e/2 and 1 - e/2.
         """
         if self.kind == "multiclass":
-            return nn.CrossEntropyLoss(weight=class_weight, reduction="none")
+            return nn.CrossEntropyLoss(weight=class_weight, reduction="none", label_smoothing=label_smoothing)
         pos_weight = None
         if class_weight is not None:
             # Binary: weight positives relative to negatives; multilabel: per label.
             pos_weight = class_weight[1:2] / class_weight[0] if self.kind == "binary" else class_weight
-        return nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+        loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+        return _SmoothedTargets(loss, label_smoothing) if label_smoothing else loss
 
     def per_sample_loss(self, loss_fn: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of shape (n_samples,), averaged over labels for multilabel."""
@@ -100,13 +103,23 @@ class Task:
         p = torch.sigmoid(logits)
         return torch.cat([1.0 - p, p], dim=1) if self.kind == "binary" else p
 
-    def labels(self, proba: torch.Tensor) -> torch.Tensor:
-        """Predicted class indices (n_samples,), or a 0/1 matrix (n_samples, n_labels)."""
+    @property
+    def takes_threshold(self) -> bool:
+        """Whether labels come from a probability cut (binary, multilabel) rather than the argmax."""
+        return self.kind != "multiclass"
+
+    def labels(self, proba: torch.Tensor, threshold=None) -> torch.Tensor:
+        """Predicted class indices (n_samples,), or a 0/1 matrix (n_samples, n_labels).
+
+        ``threshold`` (binary: a float; multilabel: a float or one per label,
+        shape (n_labels,)) replaces ``self.threshold``; multiclass ignores it.
+        """
         if self.kind == "multiclass":
             return proba.argmax(dim=1)
+        cut = self.threshold if threshold is None else torch.as_tensor(threshold, dtype=proba.dtype)
         if self.kind == "binary":
-            return (proba[:, 1] >= self.threshold).long()
-        return (proba >= self.threshold).long()
+            return (proba[:, 1] >= cut).long()
+        return (proba >= cut).long()
 
     def n_correct(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Correct predictions in a batch, as a 0-d tensor (no host sync).
@@ -121,12 +134,55 @@ class Task:
         hit = (logits >= cut) == (target >= 0.5)
         return hit.all(dim=1).sum()
 
+    def balanced_weight(self, y: np.ndarray) -> torch.Tensor:
+        """Loss weights that balance the classes: n_samples / (n_classes * count) per class,
+        or negatives / positives per label for multilabel, from encoded targets ``y``."""
+        if self.kind == "multilabel":
+            pos = y.sum(axis=0).clip(min=1)
+            return torch.as_tensor((len(y) - pos) / pos, dtype=torch.float32)
+        counts = np.bincount(y, minlength=self.n_classes).clip(min=1)
+        return torch.as_tensor(len(y) / (self.n_classes * counts), dtype=torch.float32)
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "n_classes": self.n_classes, "threshold": self.threshold}
 
     @classmethod
     def from_dict(cls, d: dict) -> Task:
         return cls(kind=str(d["kind"]), n_classes=int(d["n_classes"]), threshold=float(d.get("threshold", 0.5)))
+
+
+class _SmoothedTargets(nn.Module):
+    """A 0/1-target loss applied to targets pulled towards 1/2 by ``smoothing`` / 2."""
+
+    def __init__(self, loss: nn.Module, smoothing: float):
+        super().__init__()
+        self.loss = loss
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, target * (1.0 - self.smoothing) + self.smoothing / 2)
+
+
+def resolve_task(requested: str, n_classes: int, multilabel: bool, where: str, first_class=None) -> Task:
+    """The task for a target of ``n_classes`` classes (or labels), checked against ``requested``.
+
+    ``requested`` is ``"auto"`` (decided from the target) or a task kind.
+    Raises TorchclfError (a user error) when the target does not fit it.
+    """
+    from torchclf.errors import TorchclfError
+
+    if not multilabel and n_classes < 2:
+        raise TorchclfError(f"{where}: the target has only one class ({[first_class]}); "
+                            "a classifier needs at least two")
+    kind = detect_kind(n_classes, multilabel) if requested == "auto" else requested
+    if kind == "multilabel" and not multilabel:
+        raise TorchclfError(f"{where}: --task multilabel needs several 0/1 --target columns or --label-sep")
+    if kind != "multilabel" and multilabel:
+        raise TorchclfError(f"{where}: the target has several label columns; use --task multilabel or auto")
+    if kind == "binary" and n_classes != 2:
+        raise TorchclfError(f"{where}: --task binary needs exactly 2 classes, the target has {n_classes}; "
+                            "use multiclass")
+    return Task(kind, n_classes)
 
 
 def detect_kind(n_classes: int, multilabel: bool) -> str:

@@ -26,6 +26,8 @@ class Dataset:
         to join labels, reused when predictions are written back.
     target_columns : list of str
         The columns of the source that held the target (ignored at prediction).
+    weight : ndarray of shape (n_samples,), optional
+        Non-negative sample weights, carried through splits with their rows.
     """
 
     features: pd.DataFrame
@@ -33,6 +35,7 @@ class Dataset:
     name: str = "data"
     label_sep: str | None = None
     target_columns: list[str] = field(default_factory=list)
+    weight: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         assert len(self.features) == len(self.target), "features and target differ in length"
@@ -54,6 +57,7 @@ class Dataset:
             name=self.name,
             label_sep=self.label_sep,
             target_columns=list(self.target_columns),
+            weight=None if self.weight is None else self.weight[index],
         )
 
     def summary(self) -> dict:

@@ -2,7 +2,7 @@
 
 ``torchclf playground`` starts :func:`~torchclf.playground.server.serve`. The
 page talks to one :class:`~torchclf.playground.session.Session` per tab over a
-WebSocket; training is :func:`torchclf.api.fit_predictor` with a streaming
+WebSocket; set-up is :func:`torchclf.api.prepare` and training :func:`torchclf.api.fit` with a streaming
 callback, and "Save run" writes a normal run folder with
 :func:`torchclf.api.write_run`. The web server is the optional extra
 ``torchclf[playground]``.

@@ -6,56 +6,79 @@ error. :func:`run_config` turns settings into the exact
 :class:`~torchclf.config.RunConfig` that ``torchclf train`` builds from the
 flags :func:`train_command` prints, so a saved playground run and the command
 shown beside it describe the same training.
+
+The model and training settings come from :data:`torchclf.config.PARAMS`:
+every parameter with ``page`` limits is a setting, with those limits, its
+``page_value`` default, the table's checks and its command-line flag. Only
+what the command line has no flag for (the dataset and its noise and points,
+the number of layers, an upload's columns, the feature inputs, the preset) is
+defined here. :data:`LIVE` names the settings a running model takes at its
+next step; any other change needs a new network.
 """
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 
-from torchclf.config import ACTIVATIONS, OPTIMIZERS, RunConfig
+from torchclf.config import PARAM, PARAMS, Param, RunConfig, by_section
+from torchclf.data.features import FEATURES, RAW, format_features
 from torchclf.errors import TorchclfError, closest
 from torchclf.model import PRESETS
 
 # Built-in datasets offered on the page: which generator parameter the noise
-# slider drives, its default and the slider's top.
+# slider drives, its default, the slider's top and its step (the default lies
+# on the slider's steps, so the slider shows the value that is used).
 DATASETS: dict[str, dict] = {
-    "circles": {"noise_param": "noise", "noise": 0.03, "noise_max": 0.3},
-    "moons": {"noise_param": "noise", "noise": 0.2, "noise_max": 0.5},
-    "blobs": {"noise_param": "cluster_std", "noise": 1.5, "noise_max": 4.0},
-    "spirals": {"noise_param": "noise", "noise": 0.2, "noise_max": 1.0},
-    "xor": {"noise_param": "noise", "noise": 0.05, "noise_max": 0.5},
-    "checkerboard": {"noise_param": "noise", "noise": 0.02, "noise_max": 0.3},
+    "circles": {"noise_param": "noise", "noise": 0.03, "noise_max": 0.3, "noise_step": 0.01},
+    "moons": {"noise_param": "noise", "noise": 0.2, "noise_max": 0.5, "noise_step": 0.01},
+    "blobs": {"noise_param": "cluster_std", "noise": 1.5, "noise_max": 4.0, "noise_step": 0.05},
+    "spirals": {"noise_param": "noise", "noise": 0.2, "noise_max": 1.0, "noise_step": 0.01},
+    "xor": {"noise_param": "noise", "noise": 0.05, "noise_max": 0.5, "noise_step": 0.01},
+    "checkerboard": {"noise_param": "noise", "noise": 0.02, "noise_max": 0.3, "noise_step": 0.01},
 }
+# The feature inputs' names on the page, by token of torchclf.data.features.
+FEATURE_LABELS = {"x": "x", "y": "y", "x2": "x²", "y2": "y²", "xy": "x·y", "sinx": "sin x",
+                  "siny": "sin y"}
 UPLOAD = "upload"
 SPIRAL_ARMS = 3  # the spirals generator's default number of classes
 
+# The table's parameters on the page, in the table's (--help) order: those with
+# page limits, and two lists of choices, which have no limits to give.
+TABLE_SETTINGS: tuple[Param, ...] = tuple(
+    p for p in PARAMS if p.page is not None or p.name in ("activation", "optimizer"))
+
+# What every page run fixes: no validation part (the page shows train and test
+# only), and the CPU with one thread, so that tabs share the machine fairly.
+FIXED = {"validation_size": 0.0, "device": "cpu", "threads": 1}
+
+# Settings a running model takes at its next step (the optimizer and batch size
+# at its next epoch), through a callback of the running engine: no new network.
+LIVE = ("lr", "optimizer", "weight_decay", "l1", "dropout", "batch_size", "epochs")
+
+# Each setting's control on the page, for messages that name what to change.
+LABELS = {"dataset": "Dataset", "noise": "Noise", "points": "Points", "preset": "Preset",
+          "features": "Features", "upload": "CSV file", "x": "x column", "y": "y column",
+          "target": "target column", "hidden": "Hidden layers", "activation": "Activation", "dropout": "Dropout",
+          "epochs": "Epochs", "batch_size": "Batch size", "optimizer": "Optimizer", "lr": "Learning rate",
+          "weight_decay": "L2 (weight decay)", "l1": "L1", "label_smoothing": "Label smoothing", "seed": "Seed",
+          "test_size": "Test part", "layers": "Hidden layers"}
+
+# Limits of the page's own settings, then the table's; a layer-size parameter's
+# page limits are its units per layer.
 LIMITS = {
     "points": (50, 5000),
-    "test_size": (0.05, 0.5),
-    "seed": (0, 2**31 - 1),
     "layers": (0, 6),
-    "units": (1, 256),
-    "dropout": (0.0, 0.9),
-    "lr": (1e-6, 10.0),
-    "batch_size": (1, 4096),
-    "epochs": (1, 10000),
+    **{p.name: p.page for p in TABLE_SETTINGS if p.page is not None},
 }
 
 DEFAULTS = {
     "dataset": "circles",
     "noise": None,  # the dataset's own default
     "points": 1000,
-    "test_size": 0.2,
-    "seed": 0,
+    "features": list(RAW),
     "preset": None,
-    "hidden": [8, 8],
-    "activation": "relu",
-    "dropout": 0.0,
-    "optimizer": "adamw",
-    "lr": 0.01,
-    "batch_size": 32,
-    "epochs": 200,
+    **{p.name: list(p.page_value) if p.kind == "sizes" else p.page_value for p in TABLE_SETTINGS},
     "upload": None,
     "x": None,
     "y": None,
@@ -64,33 +87,50 @@ DEFAULTS = {
 
 
 @dataclass(frozen=True)
-class Settings:
-    """One page's choices, validated. ``batch_size`` None means full batch."""
+class _PageSettings:
+    """The settings that have no command-line flag of their own."""
 
     dataset: str
     noise: float
     points: int
-    test_size: float
-    seed: int
     preset: str | None
-    hidden: tuple[int, ...]
-    activation: str
-    dropout: float
-    optimizer: str
-    lr: float
-    batch_size: int | None
-    epochs: int
+    features: tuple[str, ...] = RAW
     upload: str | None = None
     x: str | None = None
     y: str | None = None
     target: str | None = None
+
+    def values(self) -> dict:
+        """The table parameters' values, by name."""
+        return {p.name: getattr(self, p.name) for p in TABLE_SETTINGS}
+
+
+Settings = make_dataclass(
+    "Settings",
+    [(p.name, p.annotation, field(default=p.page_value)) for p in TABLE_SETTINGS],
+    bases=(_PageSettings,),
+    frozen=True,
+    namespace={"__doc__": "One page's choices, validated: the page's own fields, then one per table setting "
+                          "(``batch_size`` None means full batch)."},
+)
+Settings.__module__ = __name__
+
+
+class SettingError(TorchclfError):
+    """A bad setting; ``field`` names it, so the page can mark its control."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
 
 
 def _bad(key: str, value, expected: str) -> TorchclfError:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return TorchclfError(f"setting {key!r}: got {shown}, expected {expected}; change it on the page")
+    label = LABELS.get(key, key)
+    return SettingError(f"setting {key!r}: got {shown}, expected {expected}; change “{label}” on the page",
+                        key)
 
 
 def _number(raw: dict, key: str, kind: type):
@@ -123,6 +163,41 @@ def _choice(raw: dict, key: str, options) -> str:
     return value
 
 
+def _sizes(p: Param, value) -> tuple[int, ...]:
+    hi_layers = LIMITS["layers"][1]
+    lo_units, hi_units = p.page
+    if (not isinstance(value, (list, tuple)) or len(value) > hi_layers
+            or any(isinstance(h, bool) or not isinstance(h, int) or not lo_units <= h <= hi_units for h in value)):
+        raise _bad(p.name, value, f"a list of at most {hi_layers} layer sizes, each {lo_units} to {hi_units}")
+    return tuple(value)
+
+
+def _table_setting(raw: dict, p: Param):
+    """A table parameter's page value, checked against the page's limits and then the table's own rules."""
+    value = raw[p.name]
+    if p.none is not None and (value is None or value == p.none):
+        return None
+    if p.kind == "sizes":
+        return _sizes(p, value)
+    if p.kind == "str":
+        if p.choices is None:
+            if not isinstance(value, str):
+                raise _bad(p.name, value, p.expected())
+            return value
+        return _choice(raw, p.name, p.choices)
+    if p.kind == "bool":
+        if not isinstance(value, bool):
+            raise _bad(p.name, value, "true or false")
+        return value
+    number = _number(raw, p.name, int if p.kind == "int" else float)
+    try:
+        # The command shows numbers as Param.format writes them (6 significant
+        # digits): the page trains on that value, so the command repeats it.
+        return p.check(p.parse(p.format(number)), "settings")
+    except TorchclfError:
+        raise _bad(p.name, raw[p.name], p.expected()) from None
+
+
 def parse_settings(raw) -> Settings:
     """Check the page's settings object and fill in defaults.
 
@@ -152,13 +227,12 @@ def parse_settings(raw) -> Settings:
     preset = raw["preset"]
     if preset is not None:
         preset = _choice(raw, "preset", list(PRESETS))
-    hidden = raw["hidden"]
-    lo_layers, hi_layers = LIMITS["layers"]
-    lo_units, hi_units = LIMITS["units"]
-    if (not isinstance(hidden, (list, tuple)) or len(hidden) > hi_layers
-            or any(isinstance(h, bool) or not isinstance(h, int) or not lo_units <= h <= hi_units for h in hidden)):
-        raise _bad("hidden", hidden, f"a list of at most {hi_layers} layer sizes, each {lo_units} to {hi_units}")
-    batch_size = None if raw["batch_size"] in (None, "full") else _number(raw, "batch_size", int)
+    features = raw["features"]
+    if (not isinstance(features, (list, tuple)) or not features
+            or any(not isinstance(f, str) or f not in FEATURES for f in features)):
+        raise _bad("features", features, f"a non-empty list of {', '.join(FEATURES)}")
+    features = tuple(f for f in FEATURES if f in features)
+    table = {p.name: _table_setting(raw, p) for p in TABLE_SETTINGS}
     upload = x = y = target = None
     if dataset == UPLOAD:
         for key in ("upload", "x", "y", "target"):
@@ -166,54 +240,42 @@ def parse_settings(raw) -> Settings:
                 raise _bad(key, raw[key], "a value: upload a CSV file and pick its columns first")
         upload, x, y, target = raw["upload"], raw["x"], raw["y"], raw["target"]
         if len({x, y, target}) != 3:
-            raise TorchclfError(
+            raise SettingError(
                 f"settings: the two feature columns and the target must be three different columns, "
-                f"got x={x!r}, y={y!r}, target={target!r}; pick other columns on the page"
+                f"got x={x!r}, y={y!r}, target={target!r}; pick other columns on the page", "target"
             )
-    return Settings(
-        dataset=dataset,
-        noise=noise,
-        points=_number(raw, "points", int),
-        test_size=_number(raw, "test_size", float),
-        seed=_number(raw, "seed", int),
-        preset=preset,
-        hidden=tuple(hidden),
-        activation=_choice(raw, "activation", ACTIVATIONS),
-        dropout=_number(raw, "dropout", float),
-        optimizer=_choice(raw, "optimizer", OPTIMIZERS),
-        lr=_number(raw, "lr", float),
-        batch_size=batch_size,
-        epochs=_number(raw, "epochs", int),
-        upload=upload,
-        x=x,
-        y=y,
-        target=target,
-    )
+    return Settings(dataset=dataset, noise=noise, points=_number(raw, "points", int), preset=preset,
+                    features=features, upload=upload, x=x, y=y, target=target, **table)
 
 
 def builtin_spec(s: Settings) -> str:
     """The dataset spec ``torchclf train`` reads, e.g. ``circles:n_samples=1000,noise=0.03,seed=0``."""
     info = DATASETS[s.dataset]
     size = f"points_per_class={max(1, s.points // SPIRAL_ARMS)}" if s.dataset == "spirals" else f"n_samples={s.points}"
-    return f"{s.dataset}:{size},{info['noise_param']}={s.noise:g},seed={s.seed}"
+    spec = f"{s.dataset}:{size},{info['noise_param']}={s.noise:g},seed={s.seed}"
+    return spec if s.features == RAW else f"{spec},features={format_features(s.features)}"
 
 
 def run_config(s: Settings, epochs: int | None = None) -> RunConfig:
     """The RunConfig ``torchclf train`` builds from :func:`train_command`'s flags.
 
-    No validation part is cut (the page shows train and test only), training
-    runs on the CPU with one thread, and ``epochs`` (default: the settings')
-    replaces the epoch count, for a run saved before it finished.
+    The preset's values, then every table setting of the page and :data:`FIXED`;
+    ``epochs`` (default: the settings') replaces the epoch count, for a run
+    saved before it finished.
     """
     from torchclf.api import make_config
 
-    return make_config(
-        s.preset,
-        model={"hidden": s.hidden, "activation": s.activation, "dropout": s.dropout},
-        train={"optimizer": s.optimizer, "lr": s.lr, "batch_size": s.batch_size,
-               "epochs": s.epochs if epochs is None else epochs, "seed": s.seed, "device": "cpu", "threads": 1},
-        data={"test_size": s.test_size, "validation_size": 0.0},
-    )
+    values = {**s.values(), **FIXED}
+    if epochs is not None:
+        values["epochs"] = epochs
+    return make_config(s.preset, **by_section(values))
+
+
+def _flag(p: Param, value) -> list[str]:
+    if p.kind == "bool":  # a "--name/--no-name" pair
+        on, _, off = p.cli_flag.partition("/")
+        return [on if value else (off or "--no-" + on[2:])]
+    return [p.cli_flag, p.format(value)]
 
 
 def train_command(s: Settings, data: str, epochs: int, out: str | None = None) -> str:
@@ -226,44 +288,40 @@ def train_command(s: Settings, data: str, epochs: int, out: str | None = None) -
         args += ["--target", str(s.target)]
     if s.preset is not None:
         args += ["--preset", s.preset]
-    args += [
-        "--hidden", ",".join(map(str, s.hidden)) or "none",
-        "--activation", s.activation,
-        "--dropout", f"{s.dropout:g}",
-        "--optimizer", s.optimizer,
-        "--lr", f"{s.lr:g}",
-        "--batch-size", "full" if s.batch_size is None else str(s.batch_size),
-        "--epochs", str(epochs),
-        "--seed", str(s.seed),
-        "--test-size", f"{s.test_size:g}",
-        "--val-size", "0",
-        "--device", "cpu",
-        "--threads", "1",
-    ]
+    values = {**s.values(), **FIXED, "epochs": epochs}
+    for p in PARAMS:  # in --help's order
+        if p.name in values:
+            args += _flag(p, values[p.name])
     if out is not None:
         args += ["--out", out]
     return shlex.join(args)
 
 
+def _json(p: Param, value):
+    return list(value) if p.kind == "sizes" else value
+
+
 def options() -> dict:
-    """Everything the page needs to build its controls: choices, defaults, limits, presets."""
+    """Everything the page needs to build its controls: choices, defaults, limits, presets.
+
+    A preset carries the values of the model and training settings it sets
+    (every table setting but the split and seed, which stay the page's).
+    """
+    from torchclf.api import make_config
+
     presets = {}
-    for name, p in PRESETS.items():
-        presets[name] = {
-            "description": p.description,
-            "hidden": list(p.model.hidden),
-            "activation": p.model.activation,
-            "dropout": p.model.dropout,
-            **{k: p.train[k] for k in ("optimizer", "lr", "batch_size", "epochs") if k in p.train},
-        }
-        default_train = RunConfig().train
-        for key in ("optimizer", "lr", "batch_size", "epochs"):
-            presets[name].setdefault(key, getattr(default_train, key))
+    for name, preset in PRESETS.items():
+        config = make_config(name)
+        presets[name] = {"description": preset.description,
+                         **{p.name: _json(p, config.value(p.name)) for p in TABLE_SETTINGS if not p.shared}}
     return {
         "datasets": DATASETS,
         "presets": presets,
-        "activations": list(ACTIVATIONS),
-        "optimizers": list(OPTIMIZERS),
+        "activations": list(PARAM["activation"].choices),
+        "optimizers": list(PARAM["optimizer"].choices),
+        "features": FEATURE_LABELS,
         "limits": LIMITS,
         "defaults": DEFAULTS,
+        "live": list(LIVE),
+        "labels": LABELS,
     }
