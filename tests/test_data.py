@@ -103,3 +103,37 @@ def test_split_is_seeded_stratified_and_disjoint():
     assert a.test.target.value_counts().tolist() == [50, 50, 50, 50]
     rows = pd.concat([a.train.features, a.validation.features, a.test.features])
     assert not rows.duplicated().any()
+
+
+def test_split_keeps_every_class_share_to_within_a_row():
+    # 7 classes of unequal sizes (5 to 305 rows): each part holds each class's share, rounded.
+    sizes = [305, 170, 90, 41, 17, 9, 5]
+    y = np.repeat([f"c{k}" for k in range(len(sizes))], sizes)
+    ds = from_frame(pd.DataFrame({"x": np.arange(len(y)), "y": y}), "y")
+    parts = split_dataset(ds, test_size=0.25, validation_size=0.15, seed=7)
+    n = len(y)
+    n_test = int(np.ceil(0.25 * n))
+    n_val = int(np.ceil(0.15 / 0.75 * (n - n_test)))
+    assert (parts.test.n_rows, parts.validation.n_rows) == (n_test, n_val)
+    assert parts.train.n_rows == n - n_test - n_val
+    test_counts = parts.test.target.value_counts().reindex([f"c{k}" for k in range(7)]).to_numpy()
+    assert np.abs(test_counts - np.array(sizes) * n_test / n).max() < 1
+    assert test_counts.sum() == n_test
+    assert sorted(np.concatenate([p.features["x"] for p in (parts.train, parts.validation, parts.test)])) == \
+        list(range(n))
+
+
+def test_split_treats_labels_that_read_the_same_as_one_class():
+    # 1 and "1" are one class to the label coder, so they are one stratum: 40 rows of it, 40 of "0".
+    y = pd.Series([1] * 20 + ["1"] * 20 + ["0"] * 40, dtype=object)
+    ds = from_frame(pd.DataFrame({"x": np.arange(80), "y": y}), "y")
+    parts = split_dataset(ds, test_size=0.25, validation_size=0.0, seed=3)
+    assert parts.test.target.astype(str).value_counts().to_dict() == {"1": 10, "0": 10}
+
+
+def test_split_without_enough_rows_per_class_is_plain_and_says_so():
+    y = ["a"] * 30 + ["b"] * 2
+    ds = from_frame(pd.DataFrame({"x": np.arange(32), "y": y}), "y")
+    with pytest.warns(UserWarning, match="only 2 row"):
+        parts = split_dataset(ds, test_size=0.25, validation_size=0.1, seed=0)
+    assert (parts.train.n_rows, parts.validation.n_rows, parts.test.n_rows) == (20, 4, 8)  # ceil(24 * 0.1 / 0.75)

@@ -99,3 +99,35 @@ def test_small_frames_take_the_block_path_with_identical_numbers(monkeypatch, mi
     column_path = pre.transform(frame)
     assert len(calls) == 1
     np.testing.assert_array_equal(block_path, column_path)
+
+
+def test_one_value_columns_are_found_in_one_pass_and_named():
+    frame = pd.DataFrame({
+        "same": [2.5] * 6,                                   # one value: constant
+        "gaps": [1.0, np.nan, 1.0, 1.0, np.nan, 1.0],        # a value and gaps: not (the gaps are a signal)
+        "empty": [np.nan] * 6,                               # only gaps: constant
+        "word": ["a"] * 6,                                   # one category: constant
+        "words": ["a", None, "a", "a", "a", "a"],            # a category and a gap: not
+        "mixed": [1, "1", 1, 1, "1", 1],                     # text that reads as one number: constant
+        "x": [0.1, 0.5, 0.2, 0.9, 0.3, 0.4],
+    })
+    with pytest.warns(UserWarning, match=r"constant column\(s\) 'same', 'empty', 'word', 'mixed':"):
+        pre = Preprocessor().fit(frame)
+    assert [c.kind for c in pre.columns] == ["numeric", "numeric", "numeric", "categorical", "categorical",
+                                            "numeric", "numeric"]
+
+
+def test_categories_count_text_alike_values_together_and_weights_count():
+    frame = pd.DataFrame({"c": [1, "1", "b", "b", None, "b", 1, "z"]})
+    pre = Preprocessor().fit(frame)
+    assert pre.columns[0].categories == ["1", "b", "<missing>", "z"]  # 3, 3 (then by name), 1, 1
+    weighted = Preprocessor().fit(frame, sample_weight=[1, 1, 1, 1, 5, 1, 0, 2])
+    assert weighted.columns[0].categories == ["<missing>", "b", "1", "z"]  # 5, 3, then 2 and 2 by name
+
+
+def test_label_coding_is_by_distinct_value_and_names_every_unseen_label():
+    coder = LabelCoder().fit(pd.Series([0, 1, 2]))
+    assert coder.encode(pd.Series(["1", 2, 0.0, True, 1], dtype=object)).tolist() == [1, 2, 0, 1, 1]
+    with pytest.raises(TorchclfError, match=r"label\(s\) \['7', 'x'\] were not seen"):
+        coder.encode(pd.Series([7, "x", 0, 7], dtype=object))
+    assert coder.encode(pd.Series([], dtype=object)).tolist() == []

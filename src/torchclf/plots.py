@@ -4,11 +4,40 @@ decision boundaries. Rendered off-screen (Agg) to PNG; nothing here trains.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+# Past these many classes the confusion matrix drops its per-cell counts (drawing
+# k*k texts takes minutes for hundreds of classes) and labels only some ticks.
+MAX_ANNOTATED_CLASSES = 20
+MAX_TICK_LABELS = 40
+
+
+def _plain_text(draw):
+    """Draw with matplotlib's mathtext off, so that class and column names are shown as typed.
+
+    A label such as ``$\\frac{a}{$`` would otherwise be parsed as TeX and fail
+    the whole picture. Every drawing function here is wrapped in this.
+    """
+
+    @functools.wraps(draw)
+    def plain(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return plain
+
+
+def _legend_label(name) -> str:
+    """``name`` as a legend entry: matplotlib hides labels that start with ``_``."""
+    text = str(name)
+    return f" {text}" if text.startswith("_") else text
 
 
 def _pyplot():
@@ -28,6 +57,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+@_plain_text
 def learning_curves(history: list[dict], path: Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train and validation, in two panels."""
     plt = _pyplot()
@@ -49,19 +79,30 @@ def learning_curves(history: list[dict], path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
+@_plain_text
 def confusion_matrix(matrix: list[list[int]], class_names: list[str], path: Path, title: str = "Confusion matrix (test)") -> Path:
-    """A heat map of counts, true classes as rows, predicted as columns."""
+    """A heat map of counts, true classes as rows, predicted as columns.
+
+    Up to ``MAX_ANNOTATED_CLASSES`` classes each cell shows its count; beyond
+    ``MAX_TICK_LABELS`` only every n-th class is named on the axes.
+    """
     plt = _pyplot()
     cm = np.asarray(matrix)
     k = len(class_names)
-    size = max(4.0, min(12.0, 0.6 * k + 2))
+    # Room for each cell's count up to MAX_ANNOTATED_CLASSES; past that the cells are colour only and a
+    # smaller picture shows them as well, drawn and compressed in half the time.
+    size = max(4.0, min(12.0, 0.6 * k + 2)) if k <= MAX_ANNOTATED_CLASSES else 8.0
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k), [str(c) for c in class_names], rotation=45, ha="right")
-    ax.set_yticks(range(k), [str(c) for c in class_names])
+    image = ax.imshow(cm, cmap="Blues", interpolation="nearest")
+    ticks = range(0, k, -(-k // MAX_TICK_LABELS))
+    ax.set_xticks(ticks, [str(class_names[i]) for i in ticks], rotation=45, ha="right")
+    ax.set_yticks(ticks, [str(class_names[i]) for i in ticks])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    if k > MAX_ANNOTATED_CLASSES:
+        fig.colorbar(image, ax=ax, shrink=0.8, label="rows")  # the counts, since the cells carry none
+        return _save(fig, path)
     threshold = cm.max() / 2 if cm.size else 0
     for i in range(k):
         for j in range(k):
@@ -79,6 +120,7 @@ def boundary_grid(x: np.ndarray, y: np.ndarray, resolution: int = 200, margin: f
     return np.meshgrid(xs, ys)
 
 
+@_plain_text
 def decision_boundary(
     predict_proba: Callable[[pd.DataFrame], np.ndarray],
     panels: list[tuple[str, pd.DataFrame, np.ndarray]],
@@ -140,6 +182,20 @@ def _indicator(y_true: np.ndarray, n_columns: int) -> np.ndarray:
     return (y[:, None] == np.arange(n_columns)[None, :]).astype(int)
 
 
+# A curve drawn in a few hundred pixels needs no more points than this; a curve of every row of a
+# large split (tens of thousands of steps) costs seconds to draw and hundreds of kB of PNG.
+MAX_CURVE_POINTS = 1000
+
+
+def _thin(x: np.ndarray, y: np.ndarray, max_points: int = MAX_CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` evenly spaced points of the curve (x, y), first and last kept."""
+    if len(x) <= max_points:
+        return x, y
+    keep = np.unique(np.linspace(0, len(x) - 1, max_points).round().astype(np.int64))
+    return x[keep], y[keep]
+
+
+@_plain_text
 def roc_pr_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], path: Path,
                   title: str = "") -> Path | None:
     """ROC and precision-recall curves in two panels, one curve per class (one-vs-rest) or label.
@@ -155,7 +211,7 @@ def roc_pr_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
     -------
     Path, or None when no class has both positive and negative rows (curves undefined).
     """
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+    from torchclf.metrics import precision_recall_curve, roc_curve
 
     proba = np.asarray(proba, dtype=float)
     Y = _indicator(y_true, proba.shape[1])
@@ -169,12 +225,13 @@ def roc_pr_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
     cmap = plt.get_cmap("tab10")
     for j in drawable[:10]:
-        fpr, tpr, _ = roc_curve(Y[:, j], proba[:, j])
-        precision, recall, _ = precision_recall_curve(Y[:, j], proba[:, j])
+        fpr, tpr = roc_curve(Y[:, j], proba[:, j])
+        precision, recall = precision_recall_curve(Y[:, j], proba[:, j])
         color = cmap(j % 10)
-        roc_ax.plot(fpr, tpr, color=color, label=f"{class_names[j]} (AUC {auc(fpr, tpr):.3f})")
-        ap = average_precision_score(Y[:, j], proba[:, j])
-        pr_ax.plot(recall, precision, color=color, label=f"{class_names[j]} (AP {ap:.3f})")
+        area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+        roc_ax.plot(*_thin(fpr, tpr), color=color, label=_legend_label(f"{class_names[j]} (AUC {area:.3f})"))
+        ap = float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))  # as metrics.average_precision
+        pr_ax.plot(*_thin(recall, precision), color=color, label=_legend_label(f"{class_names[j]} (AP {ap:.3f})"))
     roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve", xlim=(0, 1), ylim=(0, 1.02))
     pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", xlim=(0, 1), ylim=(0, 1.02))
@@ -188,6 +245,7 @@ def roc_pr_curves(y_true: np.ndarray, proba: np.ndarray, class_names: list[str],
     return _save(fig, path)
 
 
+@_plain_text
 def compare_learning_curves(histories: dict[str, list[dict]], path: Path, title: str = "") -> Path:
     """Several runs' loss and accuracy per epoch overlaid: two panels, one colour per run.
 
@@ -211,7 +269,8 @@ def compare_learning_curves(histories: dict[str, list[dict]], path: Path, title:
     # One entry per run plus the two line styles, outside the axes so no curve is hidden.
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=cmap(k % 10), linewidth=2, label=name) for k, name in enumerate(histories)]
+    handles = [Line2D([], [], color=cmap(k % 10), linewidth=2, label=_legend_label(name))
+               for k, name in enumerate(histories)]
     handles += [Line2D([], [], color="grey", label="train"), Line2D([], [], color="grey", linestyle="--", label="validation")]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     if title:
@@ -232,6 +291,7 @@ def _region(ax, fig, gx, gy, proba, kind, class_names, cmap, colorbar: bool):
         ax.contourf(gx, gy, surface, levels=np.arange(k + 1) - 0.5, cmap=cmap, alpha=0.35, vmin=0, vmax=9)
 
 
+@_plain_text
 def decision_boundary_grid(
     models: list[tuple[str, Callable[[pd.DataFrame], np.ndarray]]],
     rows: pd.DataFrame,
@@ -283,6 +343,7 @@ def decision_boundary_grid(
     return _save(fig, path)
 
 
+@_plain_text
 def activation_functions(path: Path) -> Path:
     """The hand-written ReLU, sigmoid and tanh over [-5, 5], and softmax of example logits: four panels."""
     import torch
@@ -306,4 +367,80 @@ def activation_functions(path: Path) -> Path:
     axes[3].set(title="softmax", xlabel="class", xticks=positions)
     axes[3].legend(fontsize=8)
     axes[3].grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ----- calibration and thresholds -------------------------------------------------
+@_plain_text
+def reliability_diagram(series: dict[str, dict], path: Path, title: str = "", what: str = "predicted probability",
+                        observed: str = "observed frequency") -> Path:
+    """Observed frequency against mean predicted probability per equal-width bin, one line per series.
+
+    Parameters
+    ----------
+    series : dict of str to dict
+        Name (e.g. "uncalibrated (ECE 0.041)") -> :func:`torchclf.metrics.reliability_bins` output.
+    what, observed : str
+        Axis labels (for multiclass: the top class's probability and accuracy).
+    """
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
+    width = None
+    for k, (name, bins) in enumerate(series.items()):
+        full = bins["count"] > 0
+        ax.plot(bins["confidence"][full], bins["frequency"][full], marker="o", markersize=4, label=name)
+        n_bins = len(bins["count"])
+        width = 1.0 / n_bins / max(len(series), 1)
+        centers = (np.arange(n_bins) + 0.5) / n_bins
+        hist.bar(centers - 0.5 / n_bins + (k + 0.5) * width, bins["count"], width=width, label=name)
+    ax.set(ylabel=observed, xlim=(0, 1), ylim=(0, 1.02), title=title or "Reliability diagram")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    hist.set(xlabel=what, ylabel="rows")
+    hist.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+@_plain_text
+def threshold_curves(curve: dict, chosen, names: list[str], path: Path, title: str = "",
+                     max_panels: int = 8) -> Path:
+    """Precision, recall, F1 and balanced accuracy against the decision threshold, the chosen one marked.
+
+    Parameters
+    ----------
+    curve : dict
+        :attr:`torchclf.calibration.ThresholdChoice.curve`: ``threshold`` of shape
+        (n_points,) and the metrics of shape (n_points,) or (n_points, n_labels).
+    chosen : float or ndarray of shape (n_labels,)
+        The threshold in use (per label for multilabel).
+    names : list of str
+        One title per panel (the positive class, or each label).
+    """
+    plt = _pyplot()
+    t = np.asarray(curve["threshold"])
+    metrics = ("precision", "recall", "f1", "balanced_accuracy")
+    columns = {m: np.asarray(curve[m]).reshape(len(t), -1) for m in metrics}
+    n = columns["f1"].shape[1]
+    shown = min(n, max_panels)
+    cols = min(shown, 4)
+    rows = -(-shown // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    cuts = np.broadcast_to(np.asarray(chosen, dtype=float), (n,))
+    for j in range(rows * cols):
+        ax = axes.flat[j]
+        if j >= shown:
+            ax.axis("off")
+            continue
+        for m in metrics:
+            ax.plot(t, columns[m][:, j], label=m.replace("_", " "))
+        ax.axvline(cuts[j], color="k", linestyle="--", linewidth=1, label=f"threshold {cuts[j]:.3f}")
+        ax.set(xlabel="threshold", xlim=(0, 1), ylim=(0, 1.02), title=names[j])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    if n > shown:
+        fig.text(0.5, -0.02, f"showing {shown} of {n} labels", ha="center", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)

@@ -13,6 +13,11 @@ from torchclf.config import RunConfig
 from torchclf.preprocess import LabelCoder, Preprocessor
 from torchclf.task import Task
 
+# Rows are encoded and scored at most this many values per layer at a time (256 MiB of float32 for the
+# widest layer), so memory stays bounded however many rows come in; narrow models take whole tables.
+# Not smaller: each chunk re-reads every one-hot column's categories, which costs time per chunk.
+CHUNK_VALUES = 1 << 26
+
 
 class Predictor:
     """A network with its preprocessing and labels: raw rows in, labels out.
@@ -31,6 +36,9 @@ class Predictor:
         label_sep: str | None = None,
         target_columns: list[str] | None = None,
         extra: dict | None = None,
+        calibration=None,
+        threshold=None,
+        threshold_objective: str | None = None,
     ):
         self.model = model
         self.task = task
@@ -40,6 +48,11 @@ class Predictor:
         self.label_sep = label_sep
         self.target_columns = list(target_columns or [])
         self.extra = dict(extra or {})
+        # Fitted on validation rows after training (see torchclf.calibration); None: raw probabilities, and
+        # the task's 0.5 cut. ``threshold`` is a float (binary) or an ndarray of shape (n_labels,).
+        self.calibration = calibration
+        self.threshold = threshold
+        self.threshold_objective = threshold_objective
 
     # ----- persistence -------------------------------------------------------
     @classmethod
@@ -47,11 +60,13 @@ class Predictor:
         """Load a run folder written by ``torchclf train`` or :meth:`save`."""
         manifest, state = artifact.load_model(path)
         model, task, pre, labels, config = artifact.rebuild(manifest, state, str(path))
+        calibration, threshold, objective = artifact.decisions(manifest, task, str(path))
         return cls(
             model, task, pre, labels, config,
             label_sep=manifest.get("label_sep"),
             target_columns=manifest.get("target_columns") or [],
             extra=manifest.get("extra") or {},
+            calibration=calibration, threshold=threshold, threshold_objective=objective,
         )
 
     def manifest(self) -> dict:
@@ -66,6 +81,10 @@ class Predictor:
             "label_sep": self.label_sep,
             "target_columns": self.target_columns,
             "extra": self.extra,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "threshold": None if self.threshold is None else {
+                "objective": self.threshold_objective or "manual",
+                "value": np.asarray(self.threshold, dtype=float).tolist()},
         }
 
     def save_model(self, folder: str | Path) -> None:
@@ -100,21 +119,61 @@ class Predictor:
                                         dtype=np.float64 if self.dtype == torch.float64 else np.float32)
         return torch.from_numpy(X).to(self.device, dtype=self.dtype)
 
+    def _logits(self, rows, where: str) -> torch.Tensor:
+        """Logits of shape (n_samples, n_outputs), encoded and scored a bounded chunk of rows at a time."""
+        from torchclf.engine import predict_logits
+
+        frame = self._frame(rows)
+        widest = max([self.preprocessor.n_outputs, *(max(p.shape) for p in self.model.parameters() if p.dim())])
+        step = max(1, CHUNK_VALUES // widest)
+        if step >= 1024:
+            step -= step % 1024  # whole multiples of the engine's CPU chunk: the same sums as in one pass
+        if len(frame) <= step:
+            return predict_logits(self.model, self.encode(frame, where))
+        return torch.cat([predict_logits(self.model, self.encode(frame.iloc[i:i + step], where))
+                          for i in range(0, len(frame), step)])
+
     def predict_logits(self, rows, where: str = "input") -> np.ndarray:
         """Raw network outputs of shape (n_samples, n_outputs)."""
-        from torchclf.engine import predict_logits
-
-        return _widened(predict_logits(self.model, self.encode(rows, where))).cpu().numpy()
+        return _widened(self._logits(rows, where)).cpu().numpy()
 
     def predict_proba(self, rows, where: str = "input") -> np.ndarray:
-        """Probabilities of shape (n_samples, n_classes) (per label for multilabel)."""
-        from torchclf.engine import predict_logits
+        """Probabilities of shape (n_samples, n_classes) (per label for multilabel).
 
-        logits = predict_logits(self.model, self.encode(rows, where))
-        return self.task.probabilities(_widened(logits)).cpu().numpy()
+        Calibrated (and then float64) when the predictor has a calibration.
+        """
+        return self.probabilities(self._logits(rows, where))
+
+    def probabilities(self, logits, calibrated: bool = True) -> np.ndarray:
+        """Probabilities of shape (n_samples, n_classes) from logits of shape (n_samples, n_outputs)."""
+        if calibrated and self.calibration is not None:
+            return self.calibration.apply(torch.as_tensor(logits).detach().cpu().numpy())
+        return self.task.probabilities(_widened(torch.as_tensor(logits))).cpu().numpy()
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Class indices (n_samples,), or a 0/1 matrix (n_samples, n_labels), at the predictor's threshold."""
+        return self.task.labels(torch.from_numpy(np.asarray(proba)), self.threshold).numpy()
+
+    def set_threshold(self, value, objective: str = "manual", where: str = "--threshold") -> None:
+        """Use ``value`` (in (0, 1); one per label for multilabel, or one for all) as the decision threshold."""
+        from torchclf.errors import TorchclfError
+
+        if not self.task.takes_threshold:
+            raise TorchclfError(f"{where}: this model is multiclass, whose label is the most probable class; "
+                                "a threshold applies to binary and multilabel models only")
+        try:
+            cut = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            cut = np.asarray(np.nan)
+        per_output = cut.ndim == 1 and cut.shape[0] == self.task.n_outputs
+        if not (cut.ndim == 0 or per_output) or not np.all((cut > 0) & (cut < 1)):
+            raise TorchclfError(f"{where}: got {value!r}, expected a probability strictly between 0 and 1"
+                                + (f" (or one per label, {self.task.n_outputs})" if self.task.n_outputs > 1 else ""))
+        self.threshold = float(cut.reshape(-1)[0]) if cut.size == 1 else cut
+        self.threshold_objective = objective
 
     def predict_indices(self, rows, where: str = "input") -> np.ndarray:
-        return self.task.labels(torch.from_numpy(self.predict_proba(rows, where))).numpy()
+        return self.decide(self.predict_proba(rows, where))
 
     def predict(self, rows, where: str = "input") -> list:
         """Original labels; for multilabel, the positive labels joined by the separator."""
@@ -123,7 +182,7 @@ class Predictor:
     def predict_frame(self, rows, where: str = "input") -> pd.DataFrame:
         """A ``prediction`` column and one ``proba_<label>`` column per class or label."""
         proba = self.predict_proba(rows, where)
-        indices = self.task.labels(torch.from_numpy(proba)).numpy()
+        indices = self.decide(proba)
         out = pd.DataFrame({"prediction": self.labels.decode(indices, self.label_sep)})
         for j, name in enumerate(self.labels.classes):
             out[f"proba_{name}"] = proba[:, j]

@@ -6,23 +6,70 @@ string, so the whole state round-trips through JSON (:meth:`to_dict`).
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from torchclf.data.sources import DataWarning
+from torchclf.data.sources import DataWarning, drop_nested_columns
 from torchclf.errors import TorchclfError
 
 SMALL_FRAME_ROWS = 4096  # up to this many rows, numeric columns are read in one block (see transform)
 MISSING = "<missing>"
 OTHER = "<other>"
 MAX_SCALED = 1e6  # standardised inputs are clipped to +-this many standard deviations
+# New rows whose numeric column holds more than this fraction of values that are not numbers are
+# refused: the column is text (or dates) where training had numbers, and every row would get the median.
+MOSTLY_NOT_NUMBERS = 0.5
+# The encoded matrix may take at most this fraction of the memory available; the rest is for the
+# frame it comes from, the network, and the other splits.
+MEMORY_FRACTION = 0.75
+SMALL_MATRIX_BYTES = 8 * 2**20  # encodings smaller than this are never checked against memory
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still expect to get, or None when unknown.
+
+    Linux's MemAvailable, capped by a container's (cgroup) memory limit; else
+    the free physical memory the C library reports.
+    """
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            found += [int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file, encoding="ascii") as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # "max" or a huge number: no limit
+            found.append(int(text))
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):  # not on this platform
+            pass
+    return min(found) if found else None
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def _not_numbers(series: pd.Series, values: np.ndarray) -> np.ndarray:
+    """Mask of shape (n_samples,): present values of ``series`` that ``values`` (its parse) could not read."""
+    if _is_numeric(series):
+        return np.zeros(len(series), dtype=bool)
+    return series.notna().to_numpy() & np.isnan(values)
 
 
 def _as_float(series: pd.Series) -> np.ndarray:
@@ -47,6 +94,29 @@ def _weighted_median(values: np.ndarray, weight: np.ndarray) -> float:
     if cum[i] == cum[-1] / 2 and i + 1 < len(v):  # an even total: average the two middle values
         return float((v[i] + v[i + 1]) / 2)
     return float(v[i])
+
+
+def _category_counts(series: pd.Series, weight: np.ndarray | None = None) -> dict[str, float]:
+    """Rows (or summed weights) per category as text, missing values counted as ``MISSING``.
+
+    Values that read the same as text (``1`` and ``"1"``) are one category.
+    The rows are hashed once; only the distinct values are made text.
+    """
+    codes, uniques = pd.factorize(series, use_na_sentinel=False)
+    per_value = np.bincount(codes, weights=weight, minlength=len(uniques))
+    counts: dict[str, float] = {}
+    for value, count in zip(uniques, per_value.tolist()):
+        key = MISSING if pd.isna(value) else str(value)
+        counts[key] = counts.get(key, 0) + count
+    return counts
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _python(value):
@@ -164,8 +234,17 @@ class Preprocessor:
             weight = np.asarray(sample_weight, dtype=np.float64)
             frame, weight = frame[weight > 0], weight[weight > 0]
         _column_lookup(frame, "training rows")  # rejects names that clash once made text
-        self.columns = [self._fit_column(str(name), frame[name], weight) for name in frame.columns]
-        constant = [str(name) for name in frame.columns if frame[name].nunique(dropna=False) <= 1]
+        # Reading a file already drops these (see from_frame); a DataFrame given directly may still hold them.
+        frame = drop_nested_columns(frame, "training rows")
+        if frame.shape[1] == 0:
+            raise TorchclfError("training rows: every feature column holds lists or structs; flatten them into "
+                                "columns of numbers or text")
+        self.columns, constant = [], []
+        for name in frame.columns:
+            spec, single = self._fit_column(str(name), frame[name], weight)
+            self.columns.append(spec)
+            if single:
+                constant.append(str(name))
         if constant:
             shown = ", ".join(map(repr, constant[:10])) + (" ..." if len(constant) > 10 else "")
             warnings.warn(
@@ -176,7 +255,13 @@ class Preprocessor:
             )
         return self
 
-    def _fit_column(self, name: str, series: pd.Series, weight: np.ndarray | None = None) -> ColumnSpec:
+    def _fit_column(self, name: str, series: pd.Series, weight: np.ndarray | None = None) -> tuple[ColumnSpec, bool]:
+        """The column's fitted spec, and whether it holds one value (or only missing ones) in every row.
+
+        Linear in rows: the one-value check reads the values already parsed
+        (a hashed count of distinct values, as ``nunique``, grew faster than
+        the rows: 35 s of 5M rows).
+        """
         if not _is_numeric(series):
             present = series.dropna()
             parsed = pd.to_numeric(present, errors="coerce")
@@ -199,7 +284,9 @@ class Preprocessor:
                 stacklevel=3,
             )
             values = np.where(np.isinf(values), np.nan, values)
-        has_missing = bool(np.isnan(values).any())
+        missing = np.isnan(values)
+        has_missing = bool(missing.any())
+        single = bool(missing.all() or (not has_missing and np.all(values == values[0])))
         with np.errstate(over="ignore", invalid="ignore"):
             if weight is None:
                 median = float(np.nanmedian(values)) if not np.isnan(values).all() else 0.0
@@ -222,11 +309,11 @@ class Preprocessor:
             mean=mean,
             scale=std if std > 1e-12 else 1.0,
             missing_indicator=has_missing,
-        )
+        ), single
 
-    def _fit_categorical(self, name: str, series: pd.Series, weight: np.ndarray | None = None) -> ColumnSpec:
-        values = series.astype("object").where(series.notna(), MISSING).astype(str)
-        counts = values.value_counts() if weight is None else pd.Series(weight, index=values.index).groupby(values).sum()
+    def _fit_categorical(self, name: str, series: pd.Series,
+                         weight: np.ndarray | None = None) -> tuple[ColumnSpec, bool]:
+        counts = _category_counts(series, weight)
         if len(counts) > self.max_categories:
             warnings.warn(
                 f"column {name!r}: {len(counts)} distinct values; keeping the {self.max_categories} "
@@ -236,7 +323,7 @@ class Preprocessor:
             )
         # Sort by count, then name, so the encoding does not depend on row order.
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.max_categories]
-        return ColumnSpec(name=name, kind="categorical", categories=[k for k, _ in ordered])
+        return ColumnSpec(name=name, kind="categorical", categories=[k for k, _ in ordered]), len(counts) <= 1
 
     # ----- transforming ------------------------------------------------------
     @property
@@ -272,6 +359,7 @@ class Preprocessor:
         """
         self.check_columns(frame, where)
         lookup = _column_lookup(frame, where)
+        self.check_memory(len(frame), np.dtype(dtype).itemsize, where)
         out = np.empty((len(frame), self.n_outputs), dtype=dtype)
         numeric = self._small_numeric_block(frame, lookup)
         if numeric is not None:
@@ -279,7 +367,9 @@ class Preprocessor:
         j = 0
         for spec in self.columns:
             if spec.kind == "numeric" and numeric is None:
-                values = _as_float(frame[lookup[spec.name]])
+                series = frame[lookup[spec.name]]
+                values = _as_float(series)
+                self._check_numbers(spec.name, series, values, where)
                 missing = ~np.isfinite(values)
                 values = np.where(missing, spec.median, values)
                 with np.errstate(over="ignore"):
@@ -298,6 +388,42 @@ class Preprocessor:
                 block[np.arange(len(frame)), codes] = 1.0
             j += spec.width
         return out
+
+    def check_memory(self, n_rows: int, itemsize: int, where: str = "input") -> None:
+        """Refuse to encode ``n_rows`` rows when the matrix would not fit in memory.
+
+        A one-hot column with tens of thousands of categories makes the dense
+        matrix (n_rows, n_outputs) tens of GiB; allocating it would end in a
+        MemoryError or the kernel's out-of-memory killer.
+        """
+        need = n_rows * self.n_outputs * itemsize
+        if need < SMALL_MATRIX_BYTES:
+            return  # not worth reading the system's files for (predicting one row must stay fast)
+        available = available_memory()
+        if available is None or need <= MEMORY_FRACTION * available:
+            return
+        widest = max(self.columns, key=lambda c: c.width if c.kind == "categorical" else 0)
+        if widest.kind == "categorical" and widest.width > 100:
+            fix = (f"column {widest.name!r} alone has {widest.width:,} one-hot inputs: lower --max-categories "
+                   "(max_categories) or drop that column")
+        else:
+            fix = "encode fewer rows at a time, or use fewer columns"
+        raise TorchclfError(
+            f"{where}: the encoded rows would take {_gib(need)} ({n_rows:,} rows x {self.n_outputs:,} inputs x "
+            f"{itemsize} bytes), more than {MEMORY_FRACTION:.0%} of the {_gib(available)} of memory available; {fix}"
+        )
+
+    def _check_numbers(self, name: str, series: pd.Series, values: np.ndarray, where: str) -> None:
+        """Refuse a column that was numeric in training but whose values are mostly not numbers now."""
+        bad = _not_numbers(series, values)
+        present = int(series.notna().sum())
+        if present and bad.sum() > MOSTLY_NOT_NUMBERS * present:
+            examples = sorted(map(str, pd.unique(series[bad])))[:3]
+            raise TorchclfError(
+                f"{where}: column {name!r} held numbers in training, but {int(bad.sum())} of {present} value(s) "
+                f"here are not numbers (e.g. {examples}); convert the column to numbers as in the training data "
+                "(dates to the same numeric form), or fix the values"
+            )
 
     def _small_numeric_block(self, frame: pd.DataFrame, lookup: dict) -> np.ndarray | None:
         """All numeric columns of a small frame as one float64 array, or None.
@@ -333,14 +459,13 @@ class Preprocessor:
         if flagged:
             out[:, [positions[k] + 1 for k in flagged]] = missing[:, flagged]
 
-    def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.fit(frame).transform(frame)
-
     def input_notes(self, frame: pd.DataFrame, ignore=()) -> list[str]:
         """One line per thing in new rows the model will quietly work around.
 
-        Extra columns (other than ``ignore``, e.g. the target) are not used, and
-        categories never seen in training share the ``<other>`` slot.
+        Extra columns (other than ``ignore``, e.g. the target) are not used,
+        categories never seen in training share the ``<other>`` slot, and
+        values of a numeric column that are not numbers get the training median
+        (when they are most of the column, :meth:`transform` refuses instead).
         """
         lookup = _column_lookup(frame, "input")
         used = set(self.feature_names) | {str(c) for c in ignore}
@@ -350,6 +475,14 @@ class Preprocessor:
             shown = ", ".join(map(repr, extra[:10])) + (" ..." if len(extra) > 10 else "")
             notes.append(f"column(s) {shown} are not used by the model and are ignored")
         for spec in self.columns:
+            if spec.kind == "numeric" and spec.name in lookup:
+                series = frame[lookup[spec.name]]
+                bad = _not_numbers(series, _as_float(series))
+                present = int(series.notna().sum())
+                if 0 < bad.sum() <= MOSTLY_NOT_NUMBERS * present:
+                    examples = sorted(map(str, pd.unique(series[bad])))[:3]
+                    notes.append(f"column {spec.name!r}: {int(bad.sum())} of {present} value(s) are not numbers "
+                                 f"(e.g. {examples}) and are treated as missing (the training median)")
             if spec.kind != "categorical" or spec.name not in lookup:
                 continue
             series = frame[lookup[spec.name]]
@@ -424,14 +557,22 @@ class LabelCoder:
             return target[self.classes].to_numpy(dtype=np.int64)
         lookup = {c: i for i, c in enumerate(self.classes)}
         lookup.update({str(c): i for i, c in enumerate(self.classes)})
-        raw = [_python(v) for v in target.tolist()]
-        unseen = sorted({str(v) for v in raw if v not in lookup and str(v) not in lookup})
+        # Each distinct label is looked up once and the rows take its index: linear in rows, a hash each.
+        codes, uniques = pd.factorize(pd.Series(target, copy=False), use_na_sentinel=False)
+        found = np.empty(len(uniques), dtype=np.int64)
+        unseen = set()
+        for j, value in enumerate(_python(v) for v in uniques):
+            index = lookup.get(value, lookup.get(str(value))) if _hashable(value) else lookup.get(str(value))
+            if index is None:
+                unseen.add(str(value))
+            else:
+                found[j] = index
         if unseen:
             raise TorchclfError(
-                f"{where}: label(s) {unseen[:5]} were not seen in training; known classes are "
+                f"{where}: label(s) {sorted(unseen)[:5]} were not seen in training; known classes are "
                 f"{[str(c) for c in self.classes][:20]}"
             )
-        return np.array([lookup[v] if v in lookup else lookup[str(v)] for v in raw], dtype=np.int64)
+        return found[codes] if len(codes) else np.empty(0, dtype=np.int64)
 
     def decode(self, indices: np.ndarray, sep: str | None = None) -> list:
         """Original labels; for multilabel, the positive labels joined by ``sep``."""

@@ -19,7 +19,6 @@ import base64
 import csv
 import html
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from torchclf.errors import TorchclfError
 
 REPORT = "report.html"
+MAX_TABLE_CLASSES = 20  # beyond this many classes the confusion matrix is a picture only
 
 #: (id, heading) of every section, in page order; each is always present.
 SECTIONS = (
@@ -38,6 +38,7 @@ SECTIONS = (
     ("confusion-matrix", "Confusion matrix"),
     ("learning-curves", "Learning curves"),
     ("roc-pr", "ROC and precision-recall curves"),
+    ("calibration", "Calibration and thresholds"),
     ("decision-boundary", "Decision boundary"),
     ("explain", "Logits -> probabilities -> labels"),
     ("configuration", "Configuration"),
@@ -174,7 +175,9 @@ def _metrics_section(metrics: dict, kind: str) -> str:
         return note("metrics.json is missing")
     names = [n for n in ["n_samples", *default_metric_names(kind)] if any(n in m for m in metrics.values())]
     rows = [[split, *[m.get(n) for n in names]] for split, m in metrics.items()]
-    return table(["split", *names], rows) + note("accuracies are fractions in [0, 1]")
+    sampled = [f"{split}: scored on a seeded sample of {m['sampled']['rows']:,} of its {m['sampled']['of']:,} rows"
+               for split, m in metrics.items() if isinstance(m, dict) and isinstance(m.get("sampled"), dict)]
+    return table(["split", *names], rows) + note("accuracies are fractions in [0, 1]") + "".join(map(note, sampled))
 
 
 def _final_split(metrics: dict) -> tuple[str, dict]:
@@ -203,9 +206,13 @@ def _confusion_section(metrics: dict, classes: list[str], folder: Path, tmp: Pat
     png = folder / "plots" / "confusion_matrix.png"
     if not png.is_file():
         png = plots.confusion_matrix(cm, classes, tmp / "confusion_matrix.png", title=f"Confusion matrix ({split})")
+    intro = f"<p>On the {_e(split)} rows: true classes as rows, predicted as columns.</p>"
+    if len(classes) > MAX_TABLE_CLASSES:  # k*k cells of HTML would outweigh the rest of the page
+        return (intro + image(png, "confusion matrix")
+                + note(f"{len(classes)} classes: the counts are in metrics.json ({split}.confusion_matrix), "
+                       f"shown as a table up to {MAX_TABLE_CLASSES} classes"))
     rows = [[f"true {classes[i]}", *row] for i, row in enumerate(cm)]
-    return (f"<p>On the {_e(split)} rows: true classes as rows, predicted as columns.</p>"
-            + table(["", *[f"pred {c}" for c in classes]], rows) + image(png, "confusion matrix"))
+    return intro + table(["", *[f"pred {c}" for c in classes]], rows) + image(png, "confusion matrix")
 
 
 def _learning_section(folder: Path, tmp: Path) -> str:
@@ -220,16 +227,87 @@ def _learning_section(folder: Path, tmp: Path) -> str:
     return image(png, "learning curves")
 
 
-def _curves_section(predictor, rows, rows_name: str, tmp: Path) -> str:
+def _scored(predictor, rows, rows_name: str):
+    """A function returning (labels, logits) of ``rows``, predicted on its first call only (sections share it)."""
+    memo = []
+
+    def get():
+        if not memo:
+            memo.append((predictor.labels.encode(rows.target, rows_name), predictor.predict_logits(rows.features, rows_name)))
+        return memo[0]
+
+    return get
+
+
+def _curves_section(predictor, rows, rows_name: str, tmp: Path, scored=None) -> str:
     from torchclf import plots
 
-    y = predictor.labels.encode(rows.target, rows_name)
-    proba = predictor.predict_proba(rows.features, rows_name)
+    y, logits = (scored or _scored(predictor, rows, rows_name))()
+    proba = predictor.probabilities(logits)
     png = plots.roc_pr_curves(y, proba, [str(c) for c in predictor.classes], tmp / "roc_pr.png",
                               title=f"on {rows_name}")
     if png is None:
         return note(f"undefined: no class has both positive and negative rows in {rows_name}")
     return f"<p>One-vs-rest per class (per label for multilabel), on {_e(rows_name)}.</p>" + image(png, "ROC and PR curves")
+
+
+def _calibration_table(metrics: dict) -> str:
+    """ECE, Brier score and log loss before and after calibration, per split, from metrics.json."""
+    found = [(split, m["calibration"]) for split, m in metrics.items()
+             if isinstance(m, dict) and isinstance(m.get("calibration"), dict)]
+    if not found:
+        return note("metrics.json holds no calibration scores (a run saved before calibration existed)")
+    names = ("ece", "brier", "log_loss")
+    header = ["split", "method"] + [f"{n} {when}" for n in names for when in ("before", "after")]
+    rows = []
+    for split, c in found:
+        before, after = c.get("uncalibrated") or {}, c.get("calibrated") or {}
+        rows.append([split, c.get("method") or "none",
+                     *[v for n in names for v in (before.get(n), after.get(n))]])
+    notes = sorted({n for _, c in found for n in c.get("notes") or []})
+    return table(header, rows) + "".join(note(n) for n in notes)
+
+
+def _calibration_section(predictor, metrics: dict, rows, rows_name: str, tmp: Path, scored=None) -> str:
+    from torchclf import metrics as scores
+    from torchclf import plots
+    from torchclf.calibration import threshold_curve
+
+    cal = predictor.calibration
+    text = ("<p>Calibration: " + (f"{_e(cal.method)} scaling fitted on the validation rows"
+                                  if cal is not None else "none") + ". Expected calibration error (ECE) over "
+            f"{scores.ECE_BINS} equal-width bins; Brier score and log loss as in metrics.json.</p>")
+    parts = [text, _calibration_table(metrics)]
+    if rows is None:
+        parts.append(note("no labelled rows: run `torchclf report RUN DATA` to draw the reliability diagram"))
+        return "".join(parts)
+    task = predictor.task
+    y, logits = (scored or _scored(predictor, rows, rows_name))()
+    series = {}
+    for name, proba in (("uncalibrated", predictor.probabilities(logits, False)),
+                        *((("calibrated", predictor.probabilities(logits)),) if cal is not None else ())):
+        score, outcome = scores.calibration_pairs(task, y, proba)
+        ece = scores.expected_calibration_error(score, outcome)
+        series[f"{name} (ECE {ece:.4f})"] = scores.reliability_bins(score, outcome)
+    multiclass = not task.takes_threshold
+    png = plots.reliability_diagram(series, tmp / "reliability.png", title=f"Reliability on {rows_name}",
+                                    what="top class probability" if multiclass else "predicted probability",
+                                    observed="accuracy" if multiclass else "fraction positive")
+    parts.append(image(png, "reliability diagram"))
+    if multiclass:
+        parts.append(note("multiclass labels are the most probable class: no threshold"))
+        return "".join(parts)
+    chosen = task.threshold if predictor.threshold is None else predictor.threshold
+    how = (f"chosen for {predictor.threshold_objective} on the validation rows"
+           if predictor.threshold is not None else "the default; choose one with `torchclf train --threshold f1`")
+    shown = np.round(np.atleast_1d(chosen), 4).tolist()
+    parts.append(f"<p>Decision threshold {_e(shown[0] if len(shown) == 1 else shown)}: {_e(how)}. "
+                 f"Metrics against the threshold on {_e(rows_name)}:</p>")
+    names = [str(predictor.classes[-1])] if task.n_outputs == 1 else [str(c) for c in predictor.classes]
+    curve = threshold_curve(y, predictor.probabilities(logits))
+    png = plots.threshold_curves(curve, chosen, names, tmp / "thresholds.png")
+    parts.append(image(png, "metrics against the threshold"))
+    return "".join(parts)
 
 
 def _boundary_section(predictor, rows, rows_name, folder, tmp, features, resolution) -> str:
@@ -279,6 +357,9 @@ def _config_section(manifest: dict) -> str:
     for key in ("epochs_run", "best_epoch", "stop_reason", "train_seconds"):
         if key in extra:
             rows.append([key, extra[key] if extra[key] not in ("", None) else "-"])
+    threads = extra.get("threads")
+    if isinstance(threads, dict):  # the CPU threads training used, and why
+        rows.append(["threads", f"{threads.get('threads')} ({threads.get('reason')})"])
     rows += _flatten("versions", manifest.get("versions") or {})
     return table(["setting", "value"], [[k, str(v)] for k, v in rows])
 
@@ -301,6 +382,49 @@ def _data_section(manifest: dict) -> str:
     if split_rows:
         parts.append("<h3>Split</h3>" + table(["part", "rows"], [[k, v] for k, v in split_rows.items()]))
     return "".join(parts)
+
+
+def _with_tuning(folder: Path, nav: str, sections: str) -> tuple[str, str]:
+    """Add a "Tuning" section when the run came from ``torchclf tune`` (its ``tune/`` folder is there)."""
+    tune = folder / "tune"
+    if not tune.is_dir():
+        return nav, sections
+    try:
+        summary = _read_json(tune / "summary.json")
+        counts = summary.get("counts") or {}
+        parts = [table(["", "value"], [
+            ["study", str(summary.get("study", "-"))],
+            ["trials (complete / pruned / failed)",
+             f"{counts.get('complete', 0)} / {counts.get('pruned', 0)} / {counts.get('fail', 0)}"],
+            ["time in trials (s)", summary.get("trial_seconds")],
+            ["best trial (this run's settings)", str(summary.get("best_trial", "-"))],
+            ["its validation loss", summary.get("best_value")],
+        ])]
+        with open(tune / "trials.csv", newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["state"] == "complete" and r["value"]]
+        rows.sort(key=lambda r: float(r["value"]))
+        names = [k for k in (rows[0] if rows else {}) if k not in ("number", "state", "value", "note")]
+
+        def short(text: str) -> str:  # 0.000123456789 -> 0.0001235; words and whole numbers as written
+            try:
+                return text if float(text).is_integer() else f"{float(text):.4g}"
+            except ValueError:
+                return text
+
+        if rows:
+            parts.append("<h3>Best trials</h3>" + table(
+                ["trial", "validation loss", *names],
+                [[int(r["number"]), float(r["value"]), *[short(r[k]) for k in names]] for r in rows[:10]]))
+        for png, alt in (("history.png", "optimisation history"), ("importance.png", "parameter importances"),
+                         ("curves.png", "validation loss of every trial")):
+            if (tune / png).is_file():
+                parts.append(image(tune / png, alt))
+        parts.append(note("Trials are scored on the validation rows only; tune/trials.csv lists every trial."))
+        body = "".join(parts)
+    except Exception as exc:  # noqa: BLE001  a damaged summary must not cost the rest of the page
+        body = note(f"could not be built ({type(exc).__name__}: {exc})")
+    return (nav + '<a href="#tuning">Tuning</a>',
+            sections + f'\n<section id="tuning"><h2>Tuning</h2>{body}</section>')
 
 
 # ----- the page ---------------------------------------------------------------------
@@ -348,12 +472,14 @@ def build_html(folder: str | Path, predictor=None, rows=None, rows_name: str = "
             [f"{split or 'final'} accuracy", headline],
         ])
         missing = note("no labelled rows: run `torchclf report RUN DATA` to add this section")
+        scored = None if rows is None else _scored(predictor, rows, rows_name)
         builders = {
             "metrics": lambda: _metrics_section(metrics, kind),
             "per-class": lambda: _per_class_section(metrics),
             "confusion-matrix": lambda: _confusion_section(metrics, classes, folder, tmp),
             "learning-curves": lambda: _learning_section(folder, tmp),
-            "roc-pr": lambda: missing if rows is None else _curves_section(predictor, rows, rows_name, tmp),
+            "roc-pr": lambda: missing if rows is None else _curves_section(predictor, rows, rows_name, tmp, scored),
+            "calibration": lambda: _calibration_section(predictor, metrics, rows, rows_name, tmp, scored),
             "decision-boundary": lambda: _boundary_section(predictor, rows, rows_name, folder, tmp, features, resolution),
             "explain": lambda: missing if rows is None else _explain_section(predictor, rows, rows_name, explain_rows),
             "configuration": lambda: _config_section(manifest),
@@ -368,6 +494,7 @@ def build_html(folder: str | Path, predictor=None, rows=None, rows_name: str = "
                 bodies[sid] = note(f"could not be built ({type(exc).__name__}: {exc})")
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS)
     sections = "\n".join(f'<section id="{sid}"><h2>{_e(title)}</h2>{bodies[sid]}</section>' for sid, title in SECTIONS)
+    nav, sections = _with_tuning(folder, nav, sections)
     title = f"torchclf report: {name}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -379,11 +506,14 @@ def write_report(folder: str | Path, predictor=None, rows=None, rows_name: str =
     """Write ``report.html`` into the run folder (to a temporary name, then renamed).
 
     Takes the same arguments as :func:`build_html`; returns the report's path.
+    A failed write (a full disk) leaves no temporary file in the run folder
+    and raises an OSError naming the report.
     """
+    from torchclf.artifact import atomic_file
+
     folder = Path(folder)
     page = build_html(folder, predictor, rows, rows_name, **options)
     path = folder / REPORT
-    tmp = path.with_name(f".{REPORT}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path, newline=None) as fh:
+        fh.write(page)
     return path

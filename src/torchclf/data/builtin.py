@@ -1,7 +1,9 @@
 """Built-in datasets: scikit-learn's generators and bundled sets (never downloaded).
 
 A dataset is named by a spec such as ``moons`` or ``moons:noise=0.07,n_samples=500,seed=1``;
-the part after the colon overrides the generator's parameters.
+the part after the colon overrides the generator's parameters. A two-column dataset also
+takes ``features=`` (such as ``circles:features=x2+y2``): input columns computed from its
+two columns (see :mod:`torchclf.data.features`).
 """
 
 from __future__ import annotations
@@ -225,6 +227,8 @@ def load_builtin(spec: str):
         )
     ds = BUILTIN_DATASETS[name]
     params = dict(ds.defaults)
+    # features= is not a generator's parameter: it computes input columns from a two-column dataset.
+    features = overrides.pop("features", None)
     for key, raw in overrides.items():
         if key not in params:
             allowed = ", ".join(params) or "none"
@@ -232,8 +236,15 @@ def load_builtin(spec: str):
         params[key] = _coerce(name, key, raw, params[key])
         if isinstance(params[key], (int, float)) and params[key] < 0:
             raise TorchclfError(f"dataset {name!r}: {key} must be >= 0, got {raw}")
-    features, target = ds.make(**params)
-    return features, target, params
+    frame, target = ds.make(**params)
+    if features is not None:
+        from torchclf.data.features import derive, format_features, parse_features
+
+        where = f"dataset {name!r}: features={features}"
+        tokens = parse_features(features, where)
+        frame = derive(frame, tokens, where)
+        params["features"] = format_features(tokens)
+    return frame, target, params
 
 
 def describe_builtin() -> list[tuple[str, str, str]]:

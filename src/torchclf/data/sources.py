@@ -14,6 +14,8 @@ from torchclf.data.dataset import Dataset
 from torchclf.errors import TorchclfError, closest
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+OTHER_DELIMITERS = (";", "\t", "|")  # tried, in this order, when a CSV header has no comma
+SNIFF_CHARS = 64 * 1024  # the start of a CSV file that decides its delimiter
 
 
 class DataWarning(UserWarning):
@@ -59,31 +61,120 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def sniff_delimiter(sample: str) -> str:
+    """The field separator of CSV text: ``","`` unless the header has no comma
+    and one of ``;``, tab or ``|`` splits the header and every line of
+    ``sample`` into the same number (two or more) of fields.
+
+    A fixed rule rather than :class:`csv.Sniffer`, whose guesses on short
+    samples are unstable (it may pick a letter or a space).
+    """
+    import csv
+    import io
+
+    sample = sample[: sample.rfind("\n") + 1] or sample  # whole lines only; a cut-off last line would not count
+
+    def rows(sep: str) -> list[list[str]]:
+        # newline="" splits lines as the file itself is split (a lone "\r" ends a line, as for pandas)
+        return [row for row in csv.reader(io.StringIO(sample, newline=""), delimiter=sep) if row]
+
+    try:
+        header = next(iter(rows(",")), None)
+        if header is None or len(header) > 1:
+            return ","
+        for sep in OTHER_DELIMITERS:
+            lines = rows(sep)
+            if len(lines[0]) > 1 and all(len(line) == len(lines[0]) for line in lines):
+                return sep
+    except csv.Error:  # malformed text: leave the verdict to pandas, which reports it with the file name
+        pass
+    return ","
+
+
+def sniff_decimal(sample: str, sep: str) -> str:
+    """``","`` when a ``;``-separated sample writes its fractions with a decimal comma
+    (``1,5`` and never ``1.5``), as spreadsheets in many locales export; else ``"."``."""
+    import re
+
+    if sep != ";":
+        return "."
+    fields = [f.strip().strip('"') for line in sample.splitlines()[1:] for f in line.split(sep)]
+    comma = sum(bool(re.fullmatch(r"[+-]?\d+,\d+", f)) for f in fields)
+    dot = sum(bool(re.fullmatch(r"[+-]?\d*\.\d+([eE][+-]?\d+)?", f)) for f in fields)
+    return "," if comma and not dot else "."
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     # pandas silently renames duplicate headers ("a", "a.1"); read the header
     # ourselves first so duplicates are reported rather than hidden.
     import csv
 
     with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), None)
+        sample = fh.read(SNIFF_CHARS)
+        sep = sniff_delimiter(sample)
+        decimal = sniff_decimal(sample, sep)
+        fh.seek(0)
+        header = next(csv.reader(fh, delimiter=sep), None)
     if header is None:
         raise pd.errors.EmptyDataError("empty")
     seen: set[str] = set()
     dupes = sorted({h for h in header if h in seen or seen.add(h)})
     if dupes:
         raise TorchclfError(f"{path}: duplicate column names {dupes}; rename them so each is unique")
-    return pd.read_csv(path, encoding="utf-8", low_memory=False)
+    return pd.read_csv(path, encoding="utf-8", low_memory=False, sep=sep, decimal=decimal)
 
 
 def _missing_columns_error(missing: list[str], available, where: str) -> TorchclfError:
     hints = {m: closest(m, available) for m in missing}
     hint_text = "; ".join(f"{m!r}: did you mean {h[0]!r}?" for m, h in hints.items() if h)
     cols = ", ".join(map(str, list(available)[:30])) + (" ..." if len(available) > 30 else "")
+    one_column = ""
+    if len(available) == 1:  # most often a file separated by something torchclf did not recognise
+        one_column = (f"; the table was read as one column {str(available[0])[:80]!r}: CSV fields must be separated "
+                      "by ',' (or by ';', a tab or '|', used the same number of times on every line)")
     return TorchclfError(
         f"{where}: target column(s) {missing} not found"
         + (f" ({hint_text})" if hint_text else "")
-        + f"; columns are: {cols}"
+        + f"; columns are: {cols}" + one_column
     )
+
+
+# Values of a Parquet list, struct or map column (as pyarrow hands them to pandas).
+NESTED_TYPES = (list, tuple, dict, set, np.ndarray)
+
+
+def nested_columns(frame: pd.DataFrame) -> list:
+    """Columns holding lists, arrays, structs or maps rather than single values.
+
+    They come from Parquet files (list, struct and map types) or from user
+    DataFrames; no column of one value per row can be made of them.
+    """
+    found = []
+    for col in frame.columns:
+        dtype = frame[col].dtype
+        if isinstance(dtype, pd.ArrowDtype):
+            import pyarrow as pa
+
+            if pa.types.is_nested(dtype.pyarrow_dtype):
+                found.append(col)
+        elif dtype == object and any(isinstance(v, NESTED_TYPES) for v in frame[col].to_numpy()):
+            found.append(col)
+    return found
+
+
+def drop_nested_columns(frame: pd.DataFrame, where: str, stacklevel: int = 3) -> pd.DataFrame:
+    """``frame`` without its list/struct/map columns, with one warning naming them."""
+    nested = nested_columns(frame)
+    if not nested:
+        return frame
+    shown = ", ".join(repr(str(c)) for c in nested[:10]) + (" ..." if len(nested) > 10 else "")
+    warnings.warn(
+        f"{where}: column(s) {shown} hold lists or structs, not single values, so they cannot be features; "
+        "ignoring them (flatten them into columns of numbers or text to use them)",
+        DataWarning,
+        stacklevel=stacklevel,
+    )
+    return frame.drop(columns=nested)
 
 
 def from_frame(
@@ -116,10 +207,23 @@ def from_frame(
         raise TorchclfError(f"{name}: a target column is named twice in {targets}")
     if label_sep is not None and len(targets) != 1:
         raise TorchclfError(f"{name}: --label-sep needs exactly one --target column, got {len(targets)}")
+    if label_sep == "":
+        raise TorchclfError(f"{name}: --label-sep is empty; give the text that joins the labels, such as '|'")
 
+    nested_targets = nested_columns(frame[targets])
+    if nested_targets:
+        raise TorchclfError(
+            f"{name}: target column {str(nested_targets[0])!r} holds lists or structs, not one label per row; "
+            "for several labels per row join them into text and pass --label-sep (e.g. 'a|b' with --label-sep '|'), "
+            "or give one 0/1 --target column per label"
+        )
     features = frame.drop(columns=targets)
     if features.shape[1] == 0:
         raise TorchclfError(f"{name}: no feature columns left after removing the target {targets}")
+    features = drop_nested_columns(features, name)
+    if features.shape[1] == 0:
+        raise TorchclfError(f"{name}: every feature column holds lists or structs; flatten them into columns "
+                            "of numbers or text")
 
     if len(targets) > 1:
         y = _indicator_columns(frame[targets], name)
@@ -127,6 +231,12 @@ def from_frame(
     elif label_sep is not None:
         raw = frame[targets[0]]
         y = _split_labels(raw, label_sep)
+        if y.shape[1] == 0:
+            shown = ["" if pd.isna(v) else str(v) for v in raw.head(3).tolist()]
+            raise TorchclfError(
+                f"{name}: target column {targets[0]!r} has no labels: split on --label-sep {label_sep!r}, every "
+                f"row is empty (first values: {shown}); check the column and the separator"
+            )
         keep = np.ones(len(frame), dtype=bool)
     else:
         y = frame[targets[0]]

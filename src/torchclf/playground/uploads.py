@@ -1,10 +1,12 @@
 """CSV files uploaded from the page: checked, read by the library's own reader, kept in memory.
 
 An upload is refused with a one-line message when it is not a ``.csv`` file,
-is larger than the limit, is not UTF-8 CSV, has too many rows, or has fewer
-than two numeric columns to plot. Accepted tables are kept (a bounded number,
-oldest dropped first) under an unguessable id that the page sends back in its
-settings.
+is larger than the limit, is not UTF-8 CSV, has too many rows or columns, or
+has fewer than two numeric columns to plot. Accepted tables are kept (a
+bounded number and a bounded total of memory, oldest dropped first) under an
+unguessable id that the page sends back in its settings. Reading costs time
+per column, so the header's width is checked before the file is read, and one
+file is read at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 MAX_ROWS = 20000
 MAX_CLASSES = 10
 KEEP_UPLOADS = 32
+MAX_COLUMNS = 1000  # about 0.3 s to read; 170,000 columns took a minute
+MAX_KEPT_BYTES = 128 * 1024 * 1024  # memory of all kept tables together (at least 4 uploads of the size limit)
+DELIMITERS = b",;\t|"
 
 
 @dataclass(frozen=True)
@@ -34,20 +39,33 @@ class Upload:
     name: str
     frame: pd.DataFrame
     numeric: list[str]
+    nbytes: int = 0  # the table's memory, counted against the store's limit
 
     def describe(self) -> dict:
         columns = [str(c) for c in self.frame.columns]
-        others = [c for c in columns if c not in self.numeric[:2]]
+        counters = {c for c in columns if _row_number(self.frame[c], c)}
+        features = [c for c in self.numeric if c not in counters]
+        x, y = (features if len(features) >= 2 else self.numeric)[:2]
+        others = [c for c in columns if c not in (x, y) and c not in counters]
         return {
             "id": self.id,
             "name": self.name,
             "rows": int(len(self.frame)),
             "columns": columns,
             "numeric": self.numeric,
-            # A guess the user can change: the first two numeric columns as
-            # features and the last remaining column as the target.
-            "suggested": {"x": self.numeric[0], "y": self.numeric[1], "target": others[-1] if others else None},
+            # A guess the user can change: the first two numeric columns that are
+            # not row numbers as features, and the last remaining column as the target.
+            "suggested": {"x": x, "y": y, "target": others[-1] if others else None},
         }
+
+
+def _row_number(column: pd.Series, name: str) -> bool:
+    """Whether a column looks like a row number or id (named so, or counting up by one), not a measurement."""
+    if name.strip().lower() in ("id", "index", "row", "unnamed: 0", "") or name.lower().endswith("_id"):
+        return True
+    values = column.to_numpy()
+    return (pd.api.types.is_integer_dtype(column) and len(values) > 2
+            and bool((values[1:] - values[:-1] == 1).all()))
 
 
 def _size(n: int) -> str:
@@ -62,15 +80,39 @@ def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in base)[:80] or "upload.csv"
 
 
-class UploadStore:
-    """Accepted uploads by id, thread-safe, at most ``keep`` of them."""
+def _header_width(body: bytes) -> int:
+    """At most this many fields in the first non-blank line, whichever delimiter the reader settles on."""
+    head = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    end = head.find(b"\n")
+    line = head if end < 0 else head[:end]
+    return 1 + max(line.count(d) for d in DELIMITERS)
 
-    def __init__(self, max_bytes: int = MAX_UPLOAD_BYTES, max_rows: int = MAX_ROWS, keep: int = KEEP_UPLOADS):
+
+class UploadStore:
+    """Accepted uploads by id, thread-safe: at most ``keep`` of them and ``kept_limit`` bytes of tables."""
+
+    def __init__(self, max_bytes: int = MAX_UPLOAD_BYTES, max_rows: int = MAX_ROWS, keep: int = KEEP_UPLOADS,
+                 max_columns: int = MAX_COLUMNS, max_kept_bytes: int | None = None):
         self.max_bytes = max_bytes
         self.max_rows = max_rows
         self.keep = keep
+        self.max_columns = max_columns
+        self.max_kept_bytes = max_kept_bytes
         self._items: OrderedDict[str, Upload] = OrderedDict()
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # one file parsed at a time bounds the memory reading takes
+
+    @property
+    def kept_limit(self) -> int:
+        """Bytes all kept tables may take together (grows with a raised upload limit)."""
+        if self.max_kept_bytes is not None:
+            return self.max_kept_bytes
+        return max(MAX_KEPT_BYTES, 4 * self.max_bytes)
+
+    @property
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return sum(u.nbytes for u in self._items.values())
 
     def too_large(self, size: int) -> TorchclfError:
         return TorchclfError(
@@ -95,13 +137,18 @@ class UploadStore:
             raise self.too_large(len(body))
         if b"\x00" in body[:8192]:
             raise TorchclfError(f"upload {shown}: looks like a binary file, not CSV text; upload a CSV table")
-        with tempfile.TemporaryDirectory(prefix="torchclf-upload-") as tmp:
+        width = _header_width(body)
+        if width > self.max_columns:
+            raise self._too_wide(shown, f"its header row has up to {width} fields")
+        with self._reading, tempfile.TemporaryDirectory(prefix="torchclf-upload-") as tmp:
             path = Path(tmp) / "upload.csv"
             path.write_bytes(body)
             try:
                 frame = read_table(path)
             except TorchclfError as exc:
                 raise TorchclfError(str(exc).replace(str(path), f"upload {shown}")) from None
+        if frame.shape[1] > self.max_columns:  # a header the quick count above misjudged
+            raise self._too_wide(shown, f"{frame.shape[1]} columns")
         if len(frame) > self.max_rows:
             raise TorchclfError(
                 f"upload {shown}: {len(frame)} rows, more than the playground's limit of {self.max_rows}; "
@@ -121,12 +168,26 @@ class UploadStore:
                 f"{frame.shape[1]} columns; add the label column"
             )
         frame.columns = [str(c) for c in frame.columns]
-        upload = Upload(secrets.token_urlsafe(12), shown, frame, numeric)
+        nbytes = int(frame.memory_usage(index=True, deep=True).sum())
+        limit = self.kept_limit
+        if nbytes > limit:
+            raise TorchclfError(
+                f"upload {shown}: the table takes {_size(nbytes)} in memory once read, more than the "
+                f"{_size(limit)} the playground keeps for uploads; upload fewer rows or columns"
+            )
+        upload = Upload(secrets.token_urlsafe(12), shown, frame, numeric, nbytes)
         with self._lock:
             self._items[upload.id] = upload
-            while len(self._items) > self.keep:
+            # Oldest first, until both the count and the memory fit.
+            while len(self._items) > self.keep or sum(u.nbytes for u in self._items.values()) > limit:
                 self._items.popitem(last=False)
         return upload
+
+    def _too_wide(self, shown: str, found: str) -> TorchclfError:
+        return TorchclfError(
+            f"upload {shown}: {found}, more than the playground's limit of {self.max_columns} columns; "
+            "upload only the columns to plot and the label column"
+        )
 
     def get(self, upload_id: str) -> Upload:
         with self._lock:
