@@ -1,0 +1,314 @@
+"""`torchclf tune`: seeded and reproducible, pruning, resuming after SIGKILL, workers sharing a study,
+the saved best configuration, the report's Tuning section, and one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from torchclf import api
+
+optuna = pytest.importorskip("optuna")
+
+DATA = "moons:n_samples=200"
+
+# The command line in a subprocess, without the pictures (they cost seconds and are tested in-process).
+SCRIPT = """
+import sys
+import torchclf.api, torchclf.report, torchclf.tune
+torchclf.api.write_plots = lambda *a, **k: []
+torchclf.report.write_report = lambda *a, **k: None
+torchclf.tune.PICTURES = ()
+from torchclf.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def no_tune_pictures(monkeypatch):
+    import torchclf.report
+    import torchclf.tune
+
+    monkeypatch.setattr(api, "write_plots", lambda *a, **k: [])
+    monkeypatch.setattr(torchclf.report, "write_report", lambda *a, **k: None)
+    monkeypatch.setattr(torchclf.tune, "PICTURES", ())
+
+
+def _trials(folder) -> list[dict]:
+    with open(folder / "tune" / "trials.csv", newline="") as fh:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
+
+
+def _weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _study(url: str, name: str):
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def _finished(study) -> list:
+    return [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """`torchclf tune` on the command line: 4 trials of 6 epochs, seed 3, no pruner, with every picture."""
+    out = tmp_path_factory.mktemp("tune") / "best"
+    code, stdout, stderr = run_cli("tune", DATA, "--trials", "4", "--epochs", "6", "--seed", "3", "--pruner", "none",
+                                   "--out", str(out))
+    return code, stdout, stderr, out
+
+
+def test_tune_saves_the_best_trial_as_a_run_with_its_study(tuned):
+    code, stdout, stderr, out = tuned
+    assert code == 0, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("trial ")]
+    assert [line.split()[1] for line in lines] == ["0", "1", "2", "3"]
+    assert [line.split()[2] for line in lines] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert f"run folder: {out}" in stdout
+    rows = _trials(out)
+    assert [r["state"] for r in rows] == ["complete"] * 4
+    assert list(rows[0]) == ["number", "state", "value", "lr", "weight_decay", "dropout", "batch_size", "width",
+                             "depth", "epochs", "note"]
+    best = min(rows, key=lambda r: float(r["value"]))
+    record = json.loads((out / "model.json").read_text())["extra"]["tune"]
+    url = f"sqlite:///{out.resolve()}.optuna.db"
+    assert (record["study"], record["storage"], record["trial"]) == ("best", url, int(best["number"]))
+    assert record["value"] == float(best["value"])
+    assert record["params"] == {k: (float(best[k]) if k in ("lr", "weight_decay", "dropout") else int(best[k]))
+                                for k in ("lr", "weight_decay", "dropout", "batch_size", "width", "depth")}
+    params = record["params"]
+    assert record["settings"] == {"lr": params["lr"], "weight_decay": params["weight_decay"],
+                                  "dropout": params["dropout"], "batch_size": params["batch_size"],
+                                  "hidden": [params["width"]] * params["depth"]}
+    assert record["counts"] == {"complete": 4, "pruned": 0, "fail": 0, "running": 0}
+    # The study in the database holds the same trials.
+    study = _study(url, "best")
+    assert [t.number for t in _finished(study)] == [0, 1, 2, 3]
+    assert study.best_trial.number == record["trial"] and study.best_value == record["value"]
+    # The run's own validation loss at its best epoch is the trial's objective.
+    with open(out / "history.csv", newline="") as fh:
+        assert min(float(r["val_loss"]) for r in csv.DictReader(fh)) == record["value"]
+
+
+def test_report_shows_the_tuning_section(tuned):
+    from torchclf.report import SECTIONS
+
+    out = tuned[3]
+    assert sorted(p.name for p in (out / "tune").iterdir()) == ["curves.png", "history.png", "importance.png",
+                                                              "summary.json", "trials.csv"]
+    page = (out / "report.html").read_text()
+    ids = [sid for sid, _ in SECTIONS] + ["tuning"]
+    assert [page.index(f'<section id="{sid}">') for sid in ids] == sorted(page.index(f'<section id="{sid}">')
+                                                                          for sid in ids)
+    tuning = page[page.index('<section id="tuning">'):]
+    assert tuning.count("<img ") == 3
+    assert '<a href="#tuning">Tuning</a>' in page
+    summary = json.loads((out / "tune" / "summary.json").read_text())
+    assert summary["counts"]["complete"] == 4 and f"<td>{summary['best_trial']}</td>" in tuning
+
+
+def test_a_seeded_study_is_reproducible(tuned, tmp_path, no_tune_pictures):
+    """The same seed proposes the same trials and gets the same losses; the saved weights are the same."""
+    import torch
+
+    import torchclf
+
+    out = tmp_path / "again"
+
+    again = torchclf.tune(DATA, trials=4, config=api.make_config(train={"epochs": 6, "seed": 3}), pruner="none",
+                          out=out)
+    assert _trials(out) == _trials(tuned[3])
+    first, second = _weights(tuned[3]), _weights(out)
+    assert list(first) == list(second) and all(torch.equal(first[k], second[k]) for k in first)
+    assert again.train_command == json.loads((tuned[3] / "model.json").read_text())["extra"]["tune"]["train_command"]
+
+
+def test_training_again_with_the_recorded_settings_gives_the_same_weights(tuned, tmp_path, no_tune_pictures):
+    import torch
+
+    out = tuned[3]
+    command = json.loads((out / "model.json").read_text())["extra"]["tune"]["train_command"]
+    words = shlex.split(command)
+    assert words[:3] == ["torchclf", "train", DATA] and "--hidden" in words and "--seed" in words
+    code, _, stderr = run_cli(*words[1:], "--out", str(tmp_path / "retrained"), "-q")
+    assert code == 0, stderr
+    tuned_weights, retrained = _weights(out), _weights(tmp_path / "retrained")
+    assert list(tuned_weights) == list(retrained)
+    assert all(torch.equal(tuned_weights[k], retrained[k]) for k in tuned_weights)
+
+
+def test_pruning_stops_hopeless_trials(tmp_path, no_tune_pictures):
+    """A learning rate of 1e-6 cannot keep up with 0.03: once two trials finished, those trials are pruned."""
+    import torchclf
+
+    space = {"lr": [0.03, 1e-6], "weight_decay": 0.01, "dropout": 0.0, "batch_size": 64, "width": 32, "depth": 1}
+    result = torchclf.tune(DATA, trials=6, config=api.make_config(train={"epochs": 8}), space=space, out=tmp_path / "p",
+                           pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
+    rows = _trials(tmp_path / "p")
+    assert [(r["state"], r["lr"], r["epochs"]) for r in rows] == [
+        ("complete", "0.03", "8"), ("complete", "0.03", "8"), ("pruned", "1e-06", "2"),
+        ("complete", "0.03", "8"), ("complete", "0.03", "8"), ("pruned", "1e-06", "2")]
+    assert result.counts == {"complete": 4, "pruned": 2, "fail": 0, "running": 0}
+    # Without a pruner the same study runs every trial to its end.
+    result = torchclf.tune(DATA, trials=6, config=api.make_config(train={"epochs": 8}), space=space,
+                           out=tmp_path / "n", pruner="none")
+    assert [(r["state"], r["epochs"]) for r in _trials(tmp_path / "n")] == [("complete", "8")] * 6
+
+
+def test_a_study_continues_only_with_the_same_space(tuned, tmp_path):
+    import torchclf
+    from torchclf.errors import TorchclfError
+
+    out = tuned[3]
+    url = f"sqlite:///{out.resolve()}.optuna.db"
+    with pytest.raises(TorchclfError, match="the study was started with another search space; continue it"):
+        torchclf.tune(DATA, trials=5, config=api.make_config(train={"epochs": 6, "seed": 3}), storage=url,
+                      study="best", space={"dropout": 0.3}, out=tmp_path / "x")
+    with pytest.raises(TorchclfError, match="the study was started with another fixed settings"):
+        torchclf.tune(DATA, trials=5, config=api.make_config(train={"epochs": 7, "seed": 3}), storage=url,
+                      study="best", out=tmp_path / "x")
+    assert len(_finished(_study(url, "best"))) == 4
+
+
+def _env():
+    # Heartbeats every second: a killed worker's trial is freed after 4 s instead of 20.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHCLF_TUNE_HEARTBEAT": "1"}
+
+
+def _tune_process(*args, **popen):
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, "tune", DATA, *args], env=_env(), text=True, **popen)
+
+
+@pytest.mark.slow
+def test_a_killed_tune_finishes_only_the_remaining_trials(tmp_path):
+    out = tmp_path / "killed"
+    url = f"sqlite:///{out.resolve()}.optuna.db"
+    args = ("--trials", "6", "--epochs", "30", "--pruner", "none", "--out", str(out))
+    first = _tune_process(*args, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    study = None
+    while True:  # kill it inside its third trial, once that trial drew its parameters
+        assert first.poll() is None and time.monotonic() < deadline, "tune ended before its third trial"
+        if study is None and out.with_name("killed.optuna.db").exists():
+            with contextlib.suppress(KeyError):  # the database is there before the study
+                study = _study(url, "killed")
+        trials = study.get_trials() if study is not None else []
+        if len(trials) >= 3 and trials[2].state.name == "RUNNING" and trials[2].params:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    assert first.returncode == -signal.SIGKILL and not out.exists()
+    before = _study(url, "killed").get_trials()
+    kept = {t.number: t.params for t in before if t.state.name == "COMPLETE"}
+    assert sorted(kept) == [0, 1] and [t.state.name for t in before[2:]] == ["RUNNING"]
+
+    second = subprocess.run([sys.executable, "-c", SCRIPT, "tune", DATA, *args], env=_env(), text=True,
+                            capture_output=True, timeout=300, check=False)
+    assert second.returncode == 0, second.stderr
+    lines = [line for line in second.stderr.splitlines() if line.startswith("trial ")]
+    assert "continuing with 2 complete and 0 pruned trial(s) of 6" in second.stderr
+    assert [line.split()[1] for line in lines] == ["3", "4", "5", "6"]
+    study = _study(url, "killed")
+    assert [t.number for t in _finished(study)] == [0, 1, 3, 4, 5, 6]
+    assert {t.number: t.params for t in study.get_trials() if t.number in kept} == kept
+    assert study.trials[2].state.name == "FAIL"  # the killed trial, failed once its heartbeat stopped
+    assert json.loads((out / "model.json").read_text())["extra"]["tune"]["counts"]["complete"] == 6
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study(tmp_path):
+    out = tmp_path / "shared"
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    args = ("--trials", "6", "--epochs", "15", "--pruner", "none", "--storage", url, "--study", "s", "--out", str(out))
+    workers = [_tune_process(*args, stderr=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
+    outputs = [w.communicate(timeout=400) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [o[1] for o in outputs]
+    ran = [[int(line.split()[1]) for line in err.splitlines() if line.startswith("trial ")] for _, err in outputs]
+    study = _study(url, "s")
+    finished = _finished(study)
+    assert len(finished) == 6 and all(ran), ran
+    # Every finished trial was run by exactly one of the two, and none was lost.
+    assert sorted(ran[0] + ran[1]) == sorted(t.number for t in finished)
+    # The workers never drew the same random start.
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 6
+    # One saved the best trial; the other said where.
+    assert json.loads((out / "model.json").read_text())["extra"]["tune"]["trial"] == study.best_trial.number
+    said = [out_text + err for out_text, err in outputs]
+    assert sum("another process is saving" in s or "already holds the best configuration" in s for s in said) == 1
+
+
+BAD_SPACES = [
+    ("[space]\nlearning_rate = { low = 0.001, high = 0.1 }\n",
+     "unknown parameter 'learning_rate'; known: width, depth, hidden, activation, dropout, norm, epochs"),
+    ("[space]\nlr = { low = 0.1, high = 0.001, log = true }\n", "lr: low 0.1 is not below high 0.001"),
+    ("[space]\ndropout = { low = 0.0, high = 1.5 }\n",
+     "dropout: high 1.5 is outside the parameter's bounds (>= 0 and < 1)"),
+    ("[space]\ndepth = { low = 1.0, high = 3 }\n", "depth: low 1.0 is not a whole number"),
+    ("[space]\nlr = \"fast\"\n", "lr: got 'fast', expected a number > 0"),
+    ("[space]\noptimizer = [\"adam\", \"lion\"]\n", "optimizer: got 'lion', expected one of adam, adamw, sgd"),
+    ("[space]\nactivation = { low = 1, high = 2 }\n", "activation: a str parameter has no range; give a list"),
+    ("[space]\nlr = { low = 0, high = 0.1 }\n", "lr: low 0 is outside the parameter's bounds (> 0)"),
+    ("[space]\nweight_decay = { low = 0, high = 0.1, log = true }\n", "weight_decay: a log range needs low above 0"),
+    ("[space\nlr = 1\n", "not valid TOML"),
+    ("[variants]\na = \"--lr 1\"\n", "expected one [space] table of parameters"),
+    ("[space]\nseed = [1, 2]\n", "unknown parameter 'seed'"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_SPACES, ids=[m.split(":")[0][:20] for _, m in BAD_SPACES])
+def test_a_bad_space_file_is_one_line_and_exit_2(tmp_path, text, message):
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    code, _, stderr = run_cli("tune", DATA, "--space", str(path), "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith(f"error: {path}: "), stderr
+    assert message in stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.optuna.db").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--val-size", "0"), "tune: needs validation rows to score trials on"),
+    (("--pruner", "mean"), "--pruner: got 'mean', expected one of median, halving, none"),
+    (("--timeout", "0"), "--timeout: got 0.0, expected a number of seconds above 0"),
+    (("--lr", "0.01", "--weight-decay", "0", "--dropout", "0", "--batch-size", "32", "--hidden", "8"),
+     "tune: the flags hidden, dropout, batch_size, lr, weight_decay fix every searched parameter"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, args, message):
+    code, _, stderr = run_cli("tune", DATA, *args, "--out", str(tmp_path / "o"))
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and message in stderr, stderr
+
+
+def test_flags_are_fixed_and_leave_the_search(tmp_path):
+    from torchclf.tune import DEFAULT_SPACE, parse_space
+
+    space = DEFAULT_SPACE.without(["lr", "hidden"])
+    assert space.names == ["weight_decay", "dropout", "batch_size"]
+    space = parse_space({"hidden": ["64", [32, 32]], "batch_size": [32, "full"], "dropout": 0.1})
+    assert space.names == ["lr", "weight_decay", "hidden", "batch_size"]
+    assert space.fixed == {"dropout": 0.1}
+    assert space.settings({"hidden": "32,32", "batch_size": "full", "lr": 0.5}) == {
+        "dropout": 0.1, "hidden": (32, 32), "batch_size": None, "lr": 0.5}
+
+
+def test_torchclf_tune_is_the_function_even_after_importing_the_module():
+    import torchclf
+    import torchclf.tune  # sets the package's attribute to the module
+    from torchclf.errors import TorchclfError
+
+    with pytest.raises(TorchclfError, match="--trials: got 0, expected a whole number of trials >= 1"):
+        torchclf.tune(DATA, trials=0)
