@@ -1,0 +1,42 @@
+"""Start-up and exit of the command: what `train` imports, and the console entry's fast exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+
+def _python(code: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"}, check=False)
+
+
+def test_scores_and_curves_need_no_scikit_learn(tmp_path):
+    """The metrics and the report's curves are torchclf's own; scikit-learn (about 1 s to import) is not loaded."""
+    done = _python("import sys\n"
+                   "import numpy as np\n"
+                   "from torchclf.metrics import compute_metrics\n"
+                   "from torchclf.task import Task\n"
+                   "y = np.array([0, 1, 1, 0, 1]); p = np.array([[.8, .2], [.3, .7], [.4, .6], [.6, .4], [.9, .1]])\n"
+                   "m = compute_metrics(Task('binary', 2), y, p, ['a', 'b'])\n"
+                   "print(round(m['accuracy'], 4), round(m['roc_auc'], 4), 'sklearn' in sys.modules)\n", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0.8", "0.6667", "False"]  # ROC-AUC: 4 of the 6 positive-negative pairs in order
+
+
+def test_the_console_entry_runs_exit_handlers_then_leaves_with_the_status(tmp_path):
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('handlers ran', flush=True))\n"
+            "sys.argv = ['torchclf'] + sys.argv[1:]\n"
+            "from torchclf.cli import run\n"
+            "run()\n"
+            "print('never reached')\n")
+    ok = subprocess.run([sys.executable, "-c", code, "datasets"], capture_output=True, text=True, timeout=120,
+                        check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "circles" in ok.stdout and ok.stdout.rstrip().endswith("handlers ran")
+    assert "never reached" not in ok.stdout
+    bad = subprocess.run([sys.executable, "-c", code, "train", str(tmp_path / "absent.csv")], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stdout.rstrip() == "handlers ran"
