@@ -424,3 +424,23 @@ def with_overrides(config: RunConfig, **sections: dict) -> RunConfig:
 def with_values(config: RunConfig, values: dict) -> RunConfig:
     """A copy of ``config`` with table parameters replaced by name (see :func:`by_section`)."""
     return with_overrides(config, **by_section(values))
+
+
+def read_toml(path, what: str, flag: str) -> dict:
+    """A TOML file as a dict; a missing or malformed file is one line naming ``flag`` and the ``what``."""
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser is the tomli package
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise TorchclfError(f"{flag}: reading TOML needs Python 3.11+ or `pip install tomli`") from None
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TorchclfError(f"{path}: no such {what}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TorchclfError(f"{path}: not valid TOML ({exc})") from None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from torchclf import api
-from torchclf.config import PARAMS, RunConfig
+from torchclf.config import PARAMS, RunConfig, read_toml
 from torchclf.errors import TorchclfError
 
 #: The tutorial's path from a model that draws a straight line to one that bends.
@@ -110,20 +110,8 @@ def read_variants_file(path: str | Path) -> list[tuple[str, list[str]]]:
         relu = "--preset circle-v2"
         deeper = "--hidden 64,64,64 --epochs 200"
     """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser is the tomli package
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise TorchclfError("--file: reading TOML needs Python 3.11+ or `pip install tomli`") from None
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TorchclfError(f"{path}: no such variants file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TorchclfError(f"{path}: not valid TOML ({exc})") from None
+    doc = read_toml(path, "variants file", "--file")
     table = doc.get("variants")
     if not isinstance(table, dict) or not table:
         raise TorchclfError(f"{path}: expected a [variants] table of name = \"flags\" lines")

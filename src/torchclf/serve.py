@@ -18,7 +18,6 @@ predictor itself answers.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import socket
@@ -27,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from torchclf import listen
 from torchclf.errors import TorchclfError
+from torchclf.listen import is_loopback  # noqa: F401  (part of this module's interface)
 from torchclf.preprocess import MISSING
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # about 80,000 rows of ten features as JSON records
@@ -377,39 +378,10 @@ def create_app(models: dict[str, Served], *, max_request_bytes: int = MAX_REQUES
 
 
 # ----- listening ---------------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def bind(host: str, port: int, *, allow_remote: bool = False) -> socket.socket:
-    """A listening socket on ``host``; port 0 picks a free one.
-
-    Raises
-    ------
-    TorchclfError
-        For a non-loopback ``host`` without ``allow_remote``, or when the port is taken.
-    """
-    if not is_loopback(host) and not allow_remote:
-        raise TorchclfError(f"serve --host {host}: not a loopback address, so anyone who can reach this machine "
-                            "could query the models; use --host 127.0.0.1, or add --allow-remote if that is intended")
-    if not 0 <= port <= 65535:
-        raise TorchclfError(f"serve --port {port}: expected 0 (a free port) to 65535")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        raise TorchclfError(f"serve --host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
-                            "try another --port, or 0 for a free one") from None
-    sock.listen(256)
-    return sock
+    """A listening socket for ``serve`` (see :func:`torchclf.listen.bind`)."""
+    return listen.bind(host, port, command="serve", exposure="query the models", allow_remote=allow_remote,
+                       backlog=256)
 
 
 def url_of(sock: socket.socket) -> str:

@@ -12,7 +12,6 @@ data came from.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,9 @@ IN_MEMORY = "memory"
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from torchclf.artifact import sha256_file
+
+    return sha256_file(path)
 
 
 def describe_source(source) -> dict | None:

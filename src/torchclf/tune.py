@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from torchclf.callbacks import Callback
-from torchclf.config import PARAM, PARAMS, RunConfig, with_values
+from torchclf.config import PARAM, PARAMS, RunConfig, read_toml, with_values
 from torchclf.errors import TorchclfError
 from torchclf.spec import RunSpec
 
@@ -297,20 +297,8 @@ def read_space(path: str | Path) -> SearchSpace:
         optimizer = ["adam", "adamw", "sgd"]            # any model or training parameter of the table
         dropout = 0.1                                   # a plain value: fixed, not searched
     """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser is the tomli package
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise TorchclfError("--space: reading TOML needs Python 3.11+ or `pip install tomli`") from None
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TorchclfError(f"{path}: no such search-space file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TorchclfError(f"{path}: not valid TOML ({exc})") from None
+    doc = read_toml(path, "search-space file", "--space")
     extra = set(doc) - {"space"}
     if extra or not isinstance(doc.get("space"), dict):
         raise TorchclfError(f"{path}: expected one [space] table of parameters (see docs/tune.md)"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import re
@@ -27,7 +26,9 @@ from collections import deque
 from importlib import resources
 from pathlib import Path
 
+from torchclf import listen
 from torchclf.errors import TorchclfError
+from torchclf.listen import is_loopback
 
 SEND_INTERVAL = 0.05
 PAGE_FILES = {"playground.js": "text/javascript", "draw.js": "text/javascript", "playground.css": "text/css"}
@@ -380,41 +381,10 @@ def create_app(runs_dir: str | Path = "runs", *, max_upload_bytes: int | None = 
     return app
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def bind(host: str, port: int, *, allow_remote: bool = False) -> socket.socket:
-    """A listening socket on ``host``; port 0 picks a free one.
-
-    Raises
-    ------
-    TorchclfError
-        For a non-loopback ``host`` without ``allow_remote``, or when the port is taken.
-    """
-    if not is_loopback(host) and not allow_remote:
-        raise TorchclfError(
-            f"playground --host {host}: not a loopback address, so anyone who can reach this machine could "
-            "train and write files here; use --host 127.0.0.1, or add --allow-remote if that is intended"
-        )
-    if not 0 <= port <= 65535:
-        raise TorchclfError(f"playground --port {port}: expected 0 (a free port) to 65535")
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        raise TorchclfError(f"playground --host {host} --port {port}: cannot listen there ({exc.strerror or exc}); "
-                            "try another --port, or 0 for a free one") from None
-    sock.listen(128)
-    return sock
+    """A listening socket for the playground (see :func:`torchclf.listen.bind`)."""
+    return listen.bind(host, port, command="playground", exposure="train and write files here",
+                       allow_remote=allow_remote)
 
 
 def url_of(sock: socket.socket) -> str:
