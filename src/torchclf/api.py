@@ -314,7 +314,7 @@ def calibrate(predictor: Predictor, validation: Dataset | None, config: RunConfi
 
 # ----- the whole run: set-up, training, checkpoints, run folder ----------------------
 def run(spec: RunSpec, *, out: str | Path | None = None, verbose: bool = False, callbacks=None,
-        checkpoint_every: int = 0, _resume_from: Path | None = None) -> TrainResult:
+        checkpoint_every: int = 0, _resume_from: tuple[Path, dict] | None = None) -> TrainResult:
     """Prepare, fit and (with ``out``) write the run folder, keeping resumable checkpoints.
 
     With ``out``, checkpoints go to ``OUT.checkpoints/`` every ``checkpoint_every``
@@ -341,7 +341,9 @@ def run(spec: RunSpec, *, out: str | Path | None = None, verbose: bool = False, 
             raise TorchclfError(f"{out}: an interrupted run left checkpoints in {checkpoint.folder_for(out)}; "
                                 f"continue it with `torchclf train --resume {out}` or remove that folder")
         record = {"spec": described, "checkpoint_every": checkpoint_every}
-        saver = Checkpointer(checkpoint.folder_for(out), checkpoint_every, record, resume=_resume_from)
+        resume_path, resume_payload = _resume_from or (None, None)
+        saver = Checkpointer(checkpoint.folder_for(out), checkpoint_every, record, resume=resume_path,
+                             payload=resume_payload)
         if checkpoint_every and verbose and distributed.is_main():
             print(f"checkpoints every {checkpoint_every} epoch(s) in {saver.folder} "
                   f"(if stopped, continue with: torchclf train --resume {out})", file=sys.stderr)
@@ -377,7 +379,8 @@ def resume(out: str | Path, *, checkpoint_every: int | None = None, verbose: boo
     from torchclf import checkpoint
 
     path = checkpoint.find(out)
-    record = checkpoint.load(path)["run"]
+    payload = checkpoint.load(path)
+    record = payload["run"]
     try:
         spec = RunSpec.from_description(record.get("spec"), str(path))
     except TorchclfError as exc:
@@ -387,7 +390,7 @@ def resume(out: str | Path, *, checkpoint_every: int | None = None, verbose: boo
         raise TorchclfError(f"{path}: damaged checkpoint (checkpoint_every {saved_every!r})")
     every = saved_every if checkpoint_every is None else checkpoint_every
     return run(spec, out=checkpoint.run_for(path.parent), verbose=verbose, callbacks=callbacks,
-               checkpoint_every=every, _resume_from=path)
+               checkpoint_every=every, _resume_from=(path, payload))
 
 
 def train(

@@ -41,13 +41,18 @@ class Checkpointer(Callback):
         trains on, stored for :func:`torchclf.api.resume`.
     resume : path, optional
         An epoch folder to continue from.
+    payload : dict, optional
+        That folder's contents as :func:`torchclf.checkpoint.load` read them,
+        when the caller has read them already (they are verified and read once).
     """
 
-    def __init__(self, folder: str | Path, every: int, run: dict, resume: str | Path | None = None):
+    def __init__(self, folder: str | Path, every: int, run: dict, resume: str | Path | None = None,
+                 payload: dict | None = None):
         self.folder = Path(folder)
         self.every = every
         self.run = run
         self.resume = None if resume is None else Path(resume)
+        self._payload = payload
         self.saved_epoch: int | None = None
         self.interrupted = False
         self._previous_handler = None
@@ -70,7 +75,8 @@ class Checkpointer(Callback):
     # hooks -------------------------------------------------------------------------------
     def on_train_begin(self, state) -> None:
         if self.resume is not None:
-            payload = load(self.resume)
+            payload = self._payload if self._payload is not None else load(self.resume)
+            self._payload = None  # the tensors are the model's now; do not keep a second copy
             self.restore(state, payload)
             self.saved_epoch = state.epoch
             used, now = payload["run"].get("threads"), torch.get_num_threads()

@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import typer
 
+from torchclf.config import TASKS  # a leaf module: the help texts take the task names from it
+
 app = typer.Typer(
     name="torchclf",
     help="Train, evaluate and use PyTorch neural-network classifiers on tabular data.",
@@ -131,7 +133,7 @@ def print_metrics(metrics: dict, kind: str, title: str = "Metrics") -> None:
 def train(
     data: Optional[str] = typer.Argument(None, help="A .csv/.parquet file or a built-in dataset (see `torchclf datasets`); spec options like moons:noise=0.07. (default: circles)"),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column; repeat for several 0/1 columns (multilabel)."),
-    task: str = typer.Option("auto", help="auto, binary, multiclass or multilabel."),
+    task: str = typer.Option("auto", help=", ".join(TASKS) + "."),
     label_sep: Optional[str] = typer.Option(None, help="The target column holds labels joined by this separator (multilabel)."),
     test: Optional[Path] = typer.Option(None, help="A separate labelled test file (otherwise a seeded part of DATA)."),
     out: Optional[Path] = typer.Option(None, help="Run folder to create (default: a new folder under runs/)."),
@@ -464,7 +466,7 @@ def tune(
     study: Optional[str] = typer.Option(None, "--study", help="The study's name in the storage (default: OUT's folder name)."),
     space: Optional[Path] = typer.Option(None, "--space", help="A TOML file with a [space] table over the default search space (see docs/tune.md)."),
     pruner: str = typer.Option("median", "--pruner", help="Stop hopeless trials early: median, halving or none."),
-    task: str = typer.Option("auto", help="auto, binary, multiclass or multilabel."),
+    task: str = typer.Option("auto", help=", ".join(TASKS) + "."),
     label_sep: Optional[str] = typer.Option(None, help="Multilabel separator, as for train."),
     test: Optional[Path] = typer.Option(None, help="A separate labelled test file, as for train (never used to tune)."),
     out: Optional[Path] = typer.Option(None, help="Run folder for the best configuration (default: runs/NAME-tuned)."),
