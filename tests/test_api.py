@@ -124,7 +124,8 @@ def test_same_seed_same_model():
     a = torchclf.train("moons", config=cfg(seed=3, epochs=5)).predictor.model.state_dict()
     b = torchclf.train("moons", config=cfg(seed=3, epochs=5)).predictor.model.state_dict()
     other = torchclf.train("moons", config=cfg(seed=4, epochs=5)).predictor.model.state_dict()
-    assert list(a) == list(b) == list(other) and len(a) == 4
+    # periodic embedding (frequencies, weight, bias), then two Linear layers (weight, bias)
+    assert list(a) == list(b) == list(other) and len(a) == 7
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not any(torch.equal(a[k], other[k]) for k in a)  # the seed decides the weights
 

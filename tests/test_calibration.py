@@ -149,15 +149,25 @@ def test_one_class_output_is_left_alone():
     np.testing.assert_allclose(iso.apply(z)[:, 1], 1 / (1 + np.exp(-z[:, 1])))
 
 
-def test_perfectly_separated_rows_keep_temperature_one():
-    # Every row on the right side: the likelihood would push the temperature to its lower bound.
+def test_perfectly_separated_rows_are_sharpened_only_to_what_n_of_n_supports():
+    # Every row on the right side: the likelihood would push the temperature to its lower bound. Instead
+    # the mean probability of the true class is brought up to (n+1)/(n+2), never down.
     z = np.array([[-3.0], [-0.2], [0.1], [2.5]])
     cal = Calibration.fit(BINARY, z, np.array([0, 0, 1, 1]))
-    assert cal.temperatures == [1.0]
-    assert cal.notes == [("output 0: every validation row is classified correctly, so they cannot measure "
-                          "over-confidence; temperature left at 1")]
+    t = cal.temperatures[0]
+    p_true = 1 / (1 + np.exp(-np.abs(z[:, 0]) / t))
+    assert t < 1.0 and p_true.mean() == pytest.approx(5 / 6, abs=1e-9)
+    assert cal.notes == [(f"output 0: every validation row is classified correctly, so they cannot measure "
+                          f"over-confidence; temperature {t:.3g} sharpens the probabilities until their mean "
+                          "confidence is 5/6 (what 4 of 4 right supports)")]
     zm = np.array([[2.0, 1.9, -1.0, 0.0], [0.0, 3.0, 1.0, 2.9], [1.0, 1.0, 1.5, 1.0]])
-    assert Calibration.fit(MULTICLASS, zm, np.array([0, 1, 2])).temperatures == [1.0]
+    tm = Calibration.fit(MULTICLASS, zm, np.array([0, 1, 2])).temperatures[0]
+    softmax = np.exp(zm / tm) / np.exp(zm / tm).sum(axis=1, keepdims=True)
+    assert softmax[[0, 1, 2], [0, 1, 2]].mean() == pytest.approx(4 / 5, abs=1e-9)
+    # Already as confident as n of n supports: left alone.
+    sure = np.array([[-9.0], [-8.0], [7.0], [9.0]])
+    cal = Calibration.fit(BINARY, sure, np.array([0, 0, 1, 1]))
+    assert cal.temperatures == [1.0] and cal.notes[0].endswith("temperature left at 1")
     # One row wrong: a finite optimum, found as usual.
     fitted = Calibration.fit(MULTICLASS, zm, np.array([0, 1, 3])).temperatures[0]
     grid = np.exp(np.linspace(np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE), 4001))

@@ -18,6 +18,8 @@ def _bad_values(p: cfg.Param) -> list:
     """Values a parameter must refuse: below/above its bounds, wrong types, unknown choices."""
     if p.kind == "sizes":
         return [(0,), (4, -1), "64,64", (1.5,), None]
+    if p.kind == "names":
+        return [3, ("",), ("a", 1), b"a", None]
     if p.kind == "bool":
         return [1, "yes", None]
     if p.kind == "str":
@@ -44,6 +46,8 @@ def _good_value(p: cfg.Param):
         return TEXT_EXAMPLES[p.name]
     if p.kind == "sizes":
         return (7, 3)
+    if p.kind == "names":
+        return ("id", "notes")
     if p.kind == "bool":
         return not p.default
     if p.choices is not None:

@@ -7,12 +7,14 @@ import inspect
 import io
 import json
 import pickle
+from dataclasses import replace
 from unittest import SkipTest
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
+from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import make_blobs, make_classification, make_multilabel_classification
@@ -22,18 +24,35 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
-from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
+from sklearn.utils.estimator_checks import (
+    check_sample_weight_equivalence_on_dense_data,
+    estimator_checks_generator,
+    parametrize_with_checks,
+)
 
 from torchclf import NeuralNetClassifier, Predictor
-from torchclf.config import PARAMS
+from torchclf.config import PARAM, PARAMS, RunConfig
 from torchclf.errors import TorchclfError
 from torchclf.estimator import ESTIMATOR_ONLY, _params_from_config
 
-# The checked configuration: the default network, only fewer epochs so that the checks stay fast.
+# The checked configurations, with fewer epochs so that the checks stay fast. CHECKED is the defaults: with
+# early_stopping="auto" the checks' tables of 100 rows or more hold out validation rows and the smaller ones
+# train on every row. HELD_OUT forces early stopping, so that every check also runs with held-out rows, down
+# to tables of 9 rows that hold out one.
 CHECKED = NeuralNetClassifier(max_iter=10, random_state=0)
+HELD_OUT = NeuralNetClassifier(max_iter=10, random_state=0, early_stopping=True)
+# What the recipe's defaults cannot pass, by design; each is run on a configuration that can, below.
+# Strict: should one of them pass, the test fails and this entry goes.
+RECIPE_BREAKS = {
+    "check_sample_weight_equivalence_on_dense_data": "dropout draws its own mask for each copy of a repeated "
+    "row, and validation rows are drawn among rows, so a weight of k is not k copies; "
+    "test_sample_weights_equal_repeats_without_dropout_or_held_out_rows runs the check on EXACT",
+}
+EXACT = NeuralNetClassifier(max_iter=10, random_state=0, dropout=0.0, early_stopping=False)
 
 
-@parametrize_with_checks([CHECKED])
+@parametrize_with_checks([CHECKED, HELD_OUT], expected_failed_checks=lambda estimator: RECIPE_BREAKS,
+                         xfail_strict=True)
 def test_sklearn_estimator_checks(estimator, check):
     try:
         check(estimator)
@@ -55,6 +74,14 @@ def test_checks_differ_from_mlpclassifiers_only_as_documented():
     # We impute NaN (allow_nan) and refuse sparse input; MLPClassifier has no class_weight.
     assert mlp - ours == {"check_estimators_nan_inf", "check_sample_weight_equivalence_on_sparse_data"}
     assert ours - mlp == {"check_class_weight_classifiers"}
+
+
+def test_sample_weights_equal_repeats_without_dropout_or_held_out_rows():
+    """The check the defaults fail (RECIPE_BREAKS) passes without dropout and held-out rows, and each breaks it."""
+    check_sample_weight_equivalence_on_dense_data("NeuralNetClassifier", EXACT)
+    for breaks in ({"dropout": 0.2}, {"early_stopping": True}):
+        with pytest.raises(AssertionError, match="not equivalent to fitting with removed or repeated"):
+            check_sample_weight_equivalence_on_dense_data("NeuralNetClassifier", clone(EXACT).set_params(**breaks))
 
 
 def small(**params) -> NeuralNetClassifier:
@@ -83,10 +110,57 @@ def test_early_stopping_holds_out_rows_and_stops(capsys):
     assert all(row["val_loss"] is not None for row in clf.history_)
     assert "early stopping" in capsys.readouterr().err
     # Without early stopping nothing is held out, and a plateau of the training loss ends the run.
-    plain = small(max_iter=500, n_iter_no_change=5, tol=1e-2).fit(X, y)
+    plain = small(max_iter=500, n_iter_no_change=5, tol=1e-2, early_stopping=False).fit(X, y)
     assert plain.history_[-1]["val_loss"] is None
     assert plain.n_iter_ == plateau_epoch([r["train_loss"] for r in plain.history_], tol=1e-2, patience=5)
     assert plain.n_iter_ < 500
+
+
+def validation_rows(monkeypatch) -> list:
+    """Records the number of validation rows (0: none) of every api.prepare call."""
+    from torchclf import api
+
+    seen, prepare = [], api.prepare
+
+    def spy(spec, **kwargs):
+        prepared = prepare(spec, **kwargs)
+        seen.append(0 if prepared.splits.validation is None else prepared.splits.validation.n_rows)
+        return prepared
+
+    monkeypatch.setattr(api, "prepare", spy)
+    return seen
+
+
+def test_early_stopping_auto_holds_out_rows_only_when_there_are_enough(monkeypatch, capsys):
+    seen = validation_rows(monkeypatch)
+    X, y = make_blobs(91, centers=2, random_state=0)
+    # 10% of 91 rows rounds up to 10 validation rows (MIN_VALIDATION_ROWS): held out, as torchclf train would.
+    held = small(max_iter=3, n_iter_no_change=0).fit(X, y)
+    assert all(row["val_loss"] is not None for row in held.history_)
+    assert held.predictor_.config.data.validation_size == 0.1
+    # 90 rows would hold out 9: trained on all of them, stopping on the training loss, and verbose says so.
+    few = small(max_iter=3, n_iter_no_change=0, verbose=True).fit(X[:90], y[:90])
+    assert [row["val_loss"] for row in few.history_] == [None, None, None]
+    assert few.predictor_.config.data.validation_size == 0.0
+    assert "early_stopping='auto': 90 rows are too few to hold out 10 for validation" in capsys.readouterr().err
+    # True holds out whatever the size; a larger fraction reaches 10 rows on fewer rows.
+    small(max_iter=3, early_stopping=True, n_iter_no_change=0).fit(X[:20], y[:20])
+    small(max_iter=3, validation_fraction=0.25, n_iter_no_change=0).fit(X[:40], y[:40])
+    assert seen == [10, 0, 2, 10]
+
+
+def test_tiny_tables_fit_with_the_defaults():
+    """Two rows, a class of one row: early stopping neither crashes nor holds out the only row of a class."""
+    X, y = make_blobs(20, centers=2, random_state=0)
+    y[0] = 2  # one member
+    for rows in (slice(0, 2), slice(0, 20)):
+        clf = NeuralNetClassifier(max_iter=5, random_state=0).fit(X[rows], y[rows])
+        assert clf.history_[-1]["val_loss"] is None
+        np.testing.assert_array_equal(clf.classes_, np.unique(y[rows]))
+    # Asked for, early stopping holds out 2 of the 20 rows, without strata (the command line's rule).
+    with pytest.warns(UserWarning, match="a class has only 1 row"):
+        forced = NeuralNetClassifier(max_iter=5, random_state=0, early_stopping=True).fit(X, y)
+    assert forced.history_[-1]["val_loss"] is not None
 
 
 def plateau_epoch(losses: list[float], tol: float, patience: int) -> int | None:
@@ -206,6 +280,19 @@ def test_parameters_and_defaults_come_from_the_table():
     # New table parameters are estimator parameters without edits here.
     assert {"precision", "compile", "eval_every"} <= set(signature)
     assert "seed" not in signature and "log_every" not in signature
+    # The recipe of torchclf train: early stopping on its validation fraction (see ESTIMATOR_ONLY), dropout.
+    assert signature["early_stopping"].default == "auto"
+    assert signature["validation_fraction"].default == PARAM["validation_size"].default == 0.1
+    assert signature["dropout"].default == PARAM["dropout"].default
+
+
+def test_the_defaults_train_what_torchclf_train_trains():
+    """The run an estimator with defaults describes is the command line's, but for the test rows and calibration."""
+    cli = RunConfig()
+    ours = NeuralNetClassifier()._config(cli.train.seed, held_out=True)
+    assert ours.model == cli.model
+    assert ours.train == replace(cli.train, calibration=None)  # predict_proba stays the network's own
+    assert ours.data == replace(cli.data, test_size=0.0)  # the caller holds out its own test rows
 
 
 def probes(p) -> list:
@@ -261,6 +348,8 @@ def other_value(p):
         return not p.estimator_value
     if p.kind == "sizes":
         return (5, 3)
+    if p.kind == "names":
+        return ("id",)
     start = p.estimator_value if p.estimator_value is not None else (p.low or 0)
     for candidate in (start + 1, start * 2 + 1, (start + (p.high or start + 2)) / 2):
         candidate = int(candidate) if p.kind == "int" else float(candidate)
@@ -272,7 +361,7 @@ def other_value(p):
 def test_every_table_parameter_reaches_the_run_config_and_back():
     values = {p.estimator_name: other_value(p) for p in TABLE}
     clf = NeuralNetClassifier(**values, early_stopping=True, validation_fraction=0.25)
-    config = clf._config(seed=11)
+    config = clf._config(seed=11, held_out=True)
     assert {p.name: config.value(p.name) for p in TABLE} == {p.name: values[p.estimator_name] for p in TABLE}
     assert (config.train.seed, config.data.test_size, config.data.validation_size) == (11, 0.0, 0.25)
     assert _params_from_config(config) == {**values, "early_stopping": True, "validation_fraction": 0.25,
@@ -331,12 +420,14 @@ def test_sample_weight_has_an_effect_and_integer_weights_equal_repeats(frame):
     plain = small(max_iter=10).fit(X, y).predict_proba(X)[:, 1]
     heavy = small(max_iter=10).fit(X, y, sample_weight=w).predict_proba(X)[:, 1]
     assert heavy.mean() > plain.mean() + 0.05
-    # Weights 0..3 against rows repeated 0..3 times, through the categorical preprocessing too.
-    # Full batches: with mini-batches the two runs would see different batches.
+    # Weights 0..3 against rows repeated 0..3 times, through the categorical preprocessing too. Full
+    # batches (with mini-batches the two runs would see different batches), no dropout (a mask per copy)
+    # and no validation rows (drawn among rows, not weights).
     counts = np.random.default_rng(0).integers(0, 4, size=len(X))
     rows = np.repeat(np.arange(len(X)), counts)
-    weighted = small(max_iter=10, batch_size=None).fit(X, y, sample_weight=counts)
-    repeated = small(max_iter=10, batch_size=None).fit(X.iloc[rows], y[rows])
+    exact = {"max_iter": 10, "batch_size": None, "dropout": 0.0, "early_stopping": False}
+    weighted = small(**exact).fit(X, y, sample_weight=counts)
+    repeated = small(**exact).fit(X.iloc[rows], y[rows])
     np.testing.assert_allclose(weighted.predict_proba(X), repeated.predict_proba(X), rtol=1e-9)
 
 
@@ -418,7 +509,7 @@ def test_a_continued_run_keeps_its_validation_rows_and_moves_its_shuffling_on(mo
     assert seed_a == seed_b == 0 and rows_a.shape == (8, 2)
     np.testing.assert_array_equal(rows_a, rows_b)
     seen.clear()
-    small(max_iter=2, warm_start=True, n_iter_no_change=0).fit(X, y).fit(X, y)
+    small(max_iter=2, warm_start=True, n_iter_no_change=0, early_stopping=False).fit(X, y).fit(X, y)
     assert seen == [(0, None), (2, None)]
 
 

@@ -20,10 +20,13 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import torchclf
-from torchclf import export
+from torchclf import export, serve
 from torchclf.api import make_config
 from torchclf.calibration import Calibration
+from torchclf.config import with_values
 from torchclf.errors import TorchclfError
+from torchclf.estimator import NeuralNetClassifier
+from torchclf.model import FeatureInputs
 
 FEATURES = ["x1", "total amount", "color", "plan", "count"]
 
@@ -250,3 +253,101 @@ def test_cli_export_writes_and_checks_the_file(tmp_path, no_pictures):
     assert code == 2 and "missing feature column(s) 'total amount'" in err
     code, _, err = run_cli("export", str(tmp_path / "run"), "--out", str(tmp_path))
     assert code == 2 and "is a folder" in err
+
+
+# ----- the default recipe's inputs: robust scaling, embedded categories, periodic numeric embeddings -----
+# "color" has 5 categories with "<missing>" (over onehot_max: embedded), "plan" 2 (one-hot).
+RECIPE = {"hidden": (8,), "epochs": 4, "seed": 5, "numeric_embedding": "periodic", "embedding_dim": 3,
+          "onehot_max": 3}
+NUMERIC = ["x1", "total amount", "count"]
+
+
+def far_out(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with numbers far outside the training range in every numeric column, and one +inf."""
+    out = rows.copy()
+    for k, (name, value) in enumerate([("x1", 1e9), ("x1", -1e12), ("total amount", 1e15), ("count", -1e7),
+                                       ("count", np.inf), ("total amount", 5e3)]):
+        out.loc[out.index[k], name] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def recipe_runs(tmp_path_factory, no_pictures) -> dict:
+    """Multiclass runs with the recipe's inputs; standard scaling lets far-out numbers reach huge angles."""
+    out = {}
+    for scaling in ("robust", "standard"):
+        config = with_values(make_config(), {**RECIPE, "scaling": scaling})
+        folder = tmp_path_factory.mktemp(scaling) / "run"
+        torchclf.train(table()[FEATURES + ["level"]], target="level", config=config, out=folder)
+        out[scaling] = torchclf.load(folder)
+    return out
+
+
+@pytest.mark.parametrize("scaling", ["robust", "standard"])
+def test_recipe_inputs_match_the_predictor_far_out_missing_and_unseen(recipe_runs, scaling):
+    predictor = recipe_runs[scaling]
+    clip = 4.0 if scaling == "robust" else 0.0
+    assert [(c.name, c.embed, c.clip) for c in predictor.preprocessor.columns] == [
+        ("x1", False, clip), ("total amount", False, clip), ("color", True, 0.0), ("plan", False, 0.0),
+        ("count", False, clip)]
+    inputs = predictor.model.inputs
+    assert isinstance(inputs, FeatureInputs) and inputs.periodic is not None
+    assert [t.num_embeddings for t in inputs.embeddings] == [6]  # 4 colours, <missing> and <other>
+    rows = far_out(table(n=60, seed=11)[FEATURES])
+    numeric = list(predictor.preprocessor.layout().numeric)
+    largest = np.abs(predictor.encode(rows).numpy()[:, numeric]).max()
+    assert largest == pytest.approx(4.0 if scaling == "robust" else 1e6)  # the smooth clip, or the hard one
+
+    model = export.to_onnx(predictor)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"Cos", "Sin", "MatMul", "Transpose"} <= ops and ("Sqrt" in ops) == (scaling == "robust")
+    assert_same(predictor, rows, model)
+    assert_same(predictor, export.with_gaps(predictor, rows), model)
+    result = export.check_rows(predictor, model, rows)
+    assert (result.rows, result.label_mismatches, result.ok) == (120, 0, True)
+    labels, proba = run_graph(predictor, rows.iloc[:0], model)
+    assert labels.shape == (0,) and proba.shape == (0, 3)
+
+
+def test_each_colour_code_gets_its_own_embedding_in_the_graph(recipe_runs):
+    """Rows that differ only in the embedded column: every code, missing and unseen included."""
+    predictor = recipe_runs["robust"]
+    colours = ["red", "green", "blue", "grey", None, "<missing>", "violet", 7]
+    rows = pd.DataFrame({"x1": 0.3, "total amount": 20.0, "color": colours, "plan": "pro", "count": 2.0})
+    codes = predictor.encode(rows).numpy()[:, predictor.preprocessor.layout().codes[0][0]]
+    categories = predictor.preprocessor.columns[2].categories
+    known = ["red", "green", "blue", "grey", "<missing>", "<missing>"]
+    assert codes.tolist() == [categories.index(c) for c in known] + [len(categories)] * 2  # <other>: 5
+    _, proba = assert_same(predictor, rows)
+    assert len({tuple(np.round(p, 6)) for p in proba}) == 6  # six codes, six answers
+
+
+def test_recipe_inputs_in_a_float64_estimator_model():
+    frame = table()
+    estimator = NeuralNetClassifier(dtype="float64", hidden_layer_sizes=(8,), max_iter=4, random_state=0,
+                                    numeric_embedding="periodic", embedding_dim=3, scaling="robust", onehot_max=3)
+    estimator.fit(frame[FEATURES], frame["yes"])
+    predictor = estimator.predictor_
+    assert predictor.dtype == torch.float64 and predictor.model.inputs.embeddings[0].num_embeddings == 6
+    model = export.to_onnx(predictor)
+    kinds = {i.data_type for i in model.graph.initializer if i.name.split("/")[-1].split(".")[0] in
+             ("embedding", "frequencies", "weight", "bias")}
+    assert kinds == {onnx.TensorProto.DOUBLE}
+    assert "Cos" not in {n.op_type for n in model.graph.node}  # cos as a shifted Sin in float64
+    rows = far_out(table(n=60, seed=12)[FEATURES])
+    assert_same(predictor, rows, model)
+    assert_same(predictor, export.with_gaps(predictor, rows), model)
+
+
+def test_serve_predicts_a_recipe_model_through_onnx(recipe_runs):
+    predictor = recipe_runs["robust"]
+    served = serve.Served("recipe", predictor, backend="onnx")
+    assert (served.backend, served.note) == ("onnx", "")
+    rows = export.with_gaps(predictor, far_out(table(n=30, seed=13)[FEATURES]))
+    # As serve parses a request: numbers with NaN, texts with None for null.
+    columns = {name: rows[name].to_numpy(dtype=float) if kind == "number" else
+               np.array([None if pd.isna(v) else v for v in rows[name]], dtype=object)
+               for name, kind in served.features}
+    labels, proba = served.predict(columns)
+    assert labels == list(predictor.predict(rows))
+    np.testing.assert_allclose(proba, predictor.predict_proba(rows), rtol=0, atol=1e-5)

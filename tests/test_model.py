@@ -139,7 +139,8 @@ TUTORIAL = {
 def test_presets_are_the_tutorial_models(name):
     sizes, activation, epochs, n_params = TUTORIAL[name]
     preset = PRESETS[name]
-    assert preset.model == ModelConfig(hidden=tuple(sizes[1:-1]), activation=activation, dropout=0.0, norm="none")
+    assert preset.model == ModelConfig(hidden=tuple(sizes[1:-1]), activation=activation, dropout=0.0, norm="none",
+                                       numeric_embedding="none")
     model = build_model(sizes[0], sizes[-1], preset.model)
     expected = [("Linear", a, b) for a, b in pairwise(sizes)]
     if activation == "relu":
@@ -147,7 +148,7 @@ def test_presets_are_the_tutorial_models(name):
     assert layer_kinds(model) == expected
     assert sum(p.numel() for p in model.parameters()) == n_params == linear_parameter_count(sizes)
     assert preset.train == {"optimizer": "sgd", "lr": 0.1, "batch_size": None, "patience": 0, "schedule": "none",
-                            "weight_decay": 0.0, "epochs": epochs}
+                            "weight_decay": 0.0, "label_smoothing": 0.0, "epochs": epochs}
 
 
 def test_the_default_preset_is_the_library_default():

@@ -248,7 +248,7 @@ def test_page_settings_follow_the_parameter_table(client):
 
 # A value for every table setting of the page, none of them a default (the page's or the table's).
 NON_DEFAULT = {"hidden": [5, 3], "activation": "tanh", "dropout": 0.15, "epochs": 3, "batch_size": 16,
-               "optimizer": "sgd", "lr": 0.0123456789, "weight_decay": 0.003, "l1": 0.002, "label_smoothing": 0.1,
+               "optimizer": "sgd", "lr": 0.0123456789, "weight_decay": 0.003, "l1": 0.002, "label_smoothing": 0.05,
                "seed": 7, "test_size": 0.3}
 
 
@@ -493,7 +493,7 @@ def test_the_engine_hooks_the_playground_uses():
             seen.append((state.epoch, state.step, state.steps))
 
     config = TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.1, weight_decay=0.0, l1=0.05,
-                         schedule="none", seed=1)
+                         schedule="none", seed=1, label_smoothing=0.0)
     engine.fit(model, task, data, None, config, callbacks=[*engine.default_callbacks(config, False, False), Steps()])
     assert seen == [(1, 1, 3), (1, 2, 3), (1, 3, 3), (2, 1, 3), (2, 2, 3), (2, 3, 3)]
     assert all(not p._backward_hooks for p in model.parameters())  # the penalty's hooks are gone after training

@@ -36,7 +36,7 @@ def mixed_rows() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def binary(mixed_rows) -> Predictor:
-    return torchclf.train(mixed_rows, "label", config=quick_config()).predictor
+    return torchclf.train(mixed_rows, "label", config=quick_config(lr=0.01)).predictor
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,9 @@ def _frame(n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def _train(frame: pd.DataFrame, **model):
-    config = api.make_config(model={"hidden": (16,), **model}, train={"epochs": 2, "threads": 1, "seed": 3})
+    # Plain inputs (no numeric embedding): the sizes below count the inputs and the one hidden layer.
+    config = api.make_config(model={"hidden": (16,), "numeric_embedding": "none", **model},
+                             train={"epochs": 2, "threads": 1, "seed": 3})
     return api.train(frame, "y", config=config)
 
 
@@ -131,10 +133,11 @@ def test_predict_encodes_and_scores_rows_in_bounded_chunks_with_the_same_results
 def test_predicting_more_rows_of_a_wide_model_takes_no_more_memory(monkeypatch):
     """1,002 inputs: 5,000 rows would be 20 MB encoded at once; in chunks of 64 rows, 256 kB at a time."""
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"x": rng.normal(size=1000), "c": [f"v{i}" for i in range(1000)]})
+    # 1,000 categories in 1,001 rows (a value in every row would be an identifier, left out)
+    frame = pd.DataFrame({"x": rng.normal(size=1001), "c": [f"v{i}" for i in range(1000)] + ["v0"]})
     frame["y"] = np.where(frame["x"] > 0, "p", "q")
-    config = api.make_config(model={"hidden": (4,)}, train={"epochs": 1, "threads": 1},
-                             data={"max_categories": 1000, "test_size": 0, "validation_size": 0})
+    config = api.make_config(model={"hidden": (4,), "numeric_embedding": "none"}, train={"epochs": 1, "threads": 1},
+                             data={"max_categories": 1000, "onehot_max": None, "test_size": 0, "validation_size": 0})
     model = api.train(frame, "y", config=config).predictor
     assert model.preprocessor.n_outputs == 1002
     monkeypatch.setattr(predictor, "CHUNK_VALUES", 64 * 1002)

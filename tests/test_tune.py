@@ -9,9 +9,11 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -193,35 +195,57 @@ def _tune_process(*args, **popen):
     return subprocess.Popen([sys.executable, "-c", SCRIPT, "tune", DATA, *args], env=_env(), text=True, **popen)
 
 
+def _has_study(db: Path, name: str) -> bool:
+    """True once the tune has made the study in ``db``; read-only, so as not to race it making the tables."""
+    if not db.exists():
+        return False
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+        try:
+            return con.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+        except sqlite3.OperationalError:  # no tables yet
+            return False
+
+
+def _wait_for_trial(process, url: str, name: str, number: int, running: bool) -> None:
+    """Wait until the study ``name`` has a trial ``number`` that drew its parameters (and still runs, if ``running``).
+
+    Fails when ``process``, the tune filling the study, ends first.
+    """
+    db = Path(url.removeprefix("sqlite:///"))
+    deadline = time.monotonic() + 300
+    study = None
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, f"tune ended before its trial {number}"
+        if study is None and _has_study(db, name):
+            study = _study(url, name)
+        trials = study.get_trials() if study is not None else []
+        if len(trials) > number and trials[number].params and (trials[number].state.name == "RUNNING" or not running):
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_a_killed_tune_finishes_only_the_remaining_trials(tmp_path):
+def test_a_killed_tune_finishes_only_the_remaining_trials(tmp_path, monkeypatch, no_tune_pictures):
+    """A tune process killed in its third trial; the same command, run again (in this process), does the rest."""
     out = tmp_path / "killed"
     url = f"sqlite:///{out.resolve()}.optuna.db"
     args = ("--trials", "6", "--epochs", "30", "--pruner", "none", "--out", str(out))
     first = _tune_process(*args, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    study = None
-    while True:  # kill it inside its third trial, once that trial drew its parameters
-        assert first.poll() is None and time.monotonic() < deadline, "tune ended before its third trial"
-        if study is None and out.with_name("killed.optuna.db").exists():
-            with contextlib.suppress(KeyError):  # the database is there before the study
-                study = _study(url, "killed")
-        trials = study.get_trials() if study is not None else []
-        if len(trials) >= 3 and trials[2].state.name == "RUNNING" and trials[2].params:
-            break
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.wait(30)
+    try:
+        _wait_for_trial(first, url, "killed", 2, running=True)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
     assert first.returncode == -signal.SIGKILL and not out.exists()
     before = _study(url, "killed").get_trials()
     kept = {t.number: t.params for t in before if t.state.name == "COMPLETE"}
     assert sorted(kept) == [0, 1] and [t.state.name for t in before[2:]] == ["RUNNING"]
 
-    second = subprocess.run([sys.executable, "-c", SCRIPT, "tune", DATA, *args], env=_env(), text=True,
-                            capture_output=True, timeout=300, check=False)
-    assert second.returncode == 0, second.stderr
-    lines = [line for line in second.stderr.splitlines() if line.startswith("trial ")]
-    assert "continuing with 2 complete and 0 pruned trial(s) of 6" in second.stderr
+    monkeypatch.setenv("TORCHCLF_TUNE_HEARTBEAT", "1")  # as the killed process had: its trial is stale after 4 s
+    code, _, stderr = run_cli("tune", DATA, *args)
+    assert code == 0, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("trial ")]
+    assert "continuing with 2 complete and 0 pruned trial(s) of 6" in stderr
     assert [line.split()[1] for line in lines] == ["3", "4", "5", "6"]
     study = _study(url, "killed")
     assert [t.number for t in _finished(study)] == [0, 1, 3, 4, 5, 6]
@@ -231,13 +255,27 @@ def test_a_killed_tune_finishes_only_the_remaining_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_share_one_study(tmp_path):
+def test_two_processes_share_one_study(tmp_path, monkeypatch, no_tune_pictures):
+    """A tune in another process and the same command in this process, begun once the other runs a trial."""
     out = tmp_path / "shared"
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     args = ("--trials", "6", "--epochs", "15", "--pruner", "none", "--storage", url, "--study", "s", "--out", str(out))
-    workers = [_tune_process(*args, stderr=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
-    outputs = [w.communicate(timeout=400) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], [o[1] for o in outputs]
+    monkeypatch.setenv("TORCHCLF_TUNE_HEARTBEAT", "1")
+    # Files, not pipes: nothing reads the other process's output while this one tunes.
+    with open(tmp_path / "other.out", "w+") as other_out, open(tmp_path / "other.err", "w+") as other_err:
+        other = _tune_process(*args, stdout=other_out, stderr=other_err)
+        try:
+            _wait_for_trial(other, url, "s", 0, running=False)  # so that both take part, whatever their start-up
+            here = run_cli("tune", DATA, *args)
+            other.wait(timeout=300)
+        finally:
+            if other.poll() is None:
+                other.kill()
+                other.wait(30)
+        other_out.seek(0)
+        other_err.seek(0)
+        outputs = [(other_out.read(), other_err.read()), here[1:]]
+    assert [other.returncode, here[0]] == [0, 0], [o[1] for o in outputs]
     ran = [[int(line.split()[1]) for line in err.splitlines() if line.startswith("trial ")] for _, err in outputs]
     study = _study(url, "s")
     finished = _finished(study)
@@ -251,10 +289,10 @@ def test_two_processes_share_one_study(tmp_path):
     said = [out_text + err for out_text, err in outputs]
     assert sum("another process is saving" in s or "already holds the best configuration" in s for s in said) == 1
 
-
 BAD_SPACES = [
     ("[space]\nlearning_rate = { low = 0.001, high = 0.1 }\n",
-     "unknown parameter 'learning_rate'; known: width, depth, hidden, activation, dropout, norm, epochs"),
+     "unknown parameter 'learning_rate'; known: width, depth, hidden, activation, dropout, norm, numeric_embedding, "
+     "embedding_dim, epochs"),
     ("[space]\nlr = { low = 0.1, high = 0.001, log = true }\n", "lr: low 0.1 is not below high 0.001"),
     ("[space]\ndropout = { low = 0.0, high = 1.5 }\n",
      "dropout: high 1.5 is outside the parameter's bounds (>= 0 and < 1)"),

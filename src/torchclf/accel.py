@@ -22,6 +22,7 @@ import warnings
 import torch
 from torch import nn
 
+from torchclf.config import batch_rows
 from torchclf.errors import TorchclfError
 
 # Each thread needs this many multiply-adds of a step's work: below it, OpenMP's fork/join on each of a
@@ -252,7 +253,7 @@ def speed_settings(fit):
     def wrapper(model, task, train, validation, config, *args, **kwargs):
         threads, _CHOICE.value = None, None
         if train.X.device.type == "cpu":
-            rows = min(config.batch_size or len(train), len(train))
+            rows = min(batch_rows(config.batch_size, len(train)) or len(train), len(train))
             available, macs = available_threads(), step_macs(model, rows)
             # Measuring free cores matters only where more than one thread could pay.
             free = None

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from torchclf import accel, artifact, distributed, engine
-from torchclf.config import RunConfig, with_overrides
+from torchclf.config import RunConfig, with_overrides, with_values
 from torchclf.data import Dataset, Splits, check_target, split_dataset
+from torchclf.data.columns import check_not_target
 from torchclf.errors import TorchclfError
 from torchclf.metrics import compute_metrics
 from torchclf.model import PRESETS, build_model
@@ -58,6 +59,7 @@ class Prepared:
     splits: Splits
     predictor: Predictor
     data_summary: dict = field(default_factory=dict)
+    continued: bool = False  # the network was given trained (``start``), not freshly seeded
 
     @property
     def config(self) -> RunConfig:
@@ -79,6 +81,7 @@ class TrainResult:
     data_summary: dict = field(default_factory=dict)
     spec: RunSpec | None = None
     optimizer_state: dict | None = None
+    refit: dict | None = None  # {"epochs", "rows", "seconds"} of the network refitted on train + validation
     spec_record: dict | None = None  # spec.describe(), computed once (it hashes the source files)
     threads: dict | None = None  # the CPU thread count training used, and why (None on a GPU)
 
@@ -92,7 +95,7 @@ def make_config(preset: str | None = None, *, task: str = "auto", model: dict | 
         if preset not in PRESETS:
             raise TorchclfError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         p = PRESETS[preset]
-        base = with_overrides(RunConfig(model=p.model, task=task, preset=preset), train=p.train)
+        base = with_overrides(RunConfig(model=p.model, task=task, preset=preset), train=p.train, data=p.data)
     return with_overrides(base, model=model or {}, train=train or {}, data=data or {})
 
 
@@ -120,8 +123,13 @@ def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dty
     config = spec.config
     dataset = spec.dataset()
     check_target(dataset.target, config.task, dataset.name)
+    check_not_target(config.data.drop, dataset.target_columns)
     test = spec.test_dataset(dataset)
     local_rows = distributed.begin_run(spec.data, config.train)
+    seed = distributed.broadcast(config.train.seed)  # one split and one initialisation for every rank
+    if seed != config.train.seed:  # the estimator draws a seed per process when random_state is None
+        spec = spec.with_config(with_values(config, {"seed": seed}))
+        config = spec.config
     splits = split_dataset(dataset, test_size=config.data.test_size, validation_size=config.data.validation_size,
                            seed=config.train.seed, test=test)
     device = engine.resolve_device(config.train.device)
@@ -135,18 +143,20 @@ def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dty
         task = resolve_task(config.task, labels.n_classes, labels.multilabel, dataset.name,
                             labels.classes[0] if labels.classes else None)
         train = splits.train
-        preprocessor = Preprocessor(config.data.max_categories).fit(train.features, train.weight)
+        preprocessor = Preprocessor(config.data.max_categories, scaling=config.data.scaling,
+                                    onehot_max=config.data.onehot_max,
+                                    drop=config.data.drop).fit(train.features, train.weight)
         if distributed.rows_are_local():  # ranks hold different rows: rank 0's fit serves them all
             preprocessor = Preprocessor.from_dict(distributed.broadcast(preprocessor.to_dict()))
         # Every rank fits on the same rows; verify, since ranks that disagree would train different inputs.
         distributed.check_same([preprocessor.to_dict(), labels.to_dict()], f"{train.name}: preprocessing")
         torch.manual_seed(config.train.seed)  # the same initial weights whatever the preprocessing drew
-        model = build_model(preprocessor.n_outputs, task.n_outputs, config.model).to(device=device, dtype=dtype)
+        model = build_model(preprocessor.layout(), task.n_outputs, config.model).to(device=device, dtype=dtype)
         predictor = Predictor(model, task, preprocessor, labels, config,
                               label_sep=dataset.label_sep, target_columns=dataset.target_columns)
     summary = dataset.summary()
     summary["split_rows"] = {k: (0 if v is None else v.n_rows) for k, v in vars(splits).items()}
-    return Prepared(spec, splits, predictor, summary)
+    return Prepared(spec, splits, predictor, summary, continued=start is not None)
 
 
 def tensors(predictor: Predictor, ds: Dataset, where: str, device) -> engine.TensorData:
@@ -200,21 +210,58 @@ def fit(prepared: Prepared, *, callbacks=None, verbose: bool = False, optimizer_
         predictor.model.eval()
         decided = calibrate(predictor, splits.validation, config)
         metrics = {}
+        # The validation rows are scored by the network early stopping chose: a refitted one has trained on them.
+        parts = [("validation", splits.validation), ("train", splits.train), ("test", splits.test)]
+        if scores and splits.validation is not None:
+            metrics["validation"] = evaluate(predictor, splits.validation)
+        refit = None
+        if config.train.refit and not prepared.continued and val_t is not None and len(val_t) and state.best_epoch:
+            t1 = time.perf_counter()
+            predictor.model = refit_network(predictor, train_t, val_t, state, class_weight, verbose)
+            refit = {"epochs": state.best_epoch, "rows": len(train_t) + len(val_t),
+                     "seconds": time.perf_counter() - t1}
+            seconds += refit["seconds"]
         if scores:
-            for part in ("train", "validation", "test"):
-                rows = getattr(splits, part)
+            for part, rows in parts:
                 if rows is not None:
                     rows, sample = (scored_sample(rows, config.train.seed) if part == "train" else (rows, None))
-                    metrics[part] = evaluate(predictor, rows)
+                    if part not in metrics:
+                        metrics[part] = evaluate(predictor, rows)
                     metrics[part]["calibration"].update(decided["calibration"])
                     if sample is not None:
                         metrics[part]["sampled"] = sample
             if "validation" in metrics and decided["threshold"] is not None:
                 metrics["validation"]["threshold"] = decided["threshold"]
+            metrics = {part: metrics[part] for part in ("train", "validation", "test") if part in metrics}
     distributed.end_run()  # under torchrun, rank 0 writes only once every rank has finished
     return TrainResult(predictor, state.history, metrics, splits, seconds, state.stop_reason, state.best_epoch,
                        data_summary=prepared.data_summary, spec=prepared.spec,
-                       optimizer_state=state.optimizer.state_dict(), threads=threads_used)
+                       optimizer_state=state.optimizer.state_dict(), threads=threads_used, refit=refit)
+
+
+def refit_network(predictor: Predictor, train: engine.TensorData, validation: engine.TensorData, state,
+                  class_weight, verbose: bool):
+    """A fresh network, seeded as the first, trained on ``train`` and ``validation`` together for the
+    epochs early stopping chose, each epoch at the learning rate the first run used in it."""
+    from dataclasses import replace
+
+    from torchclf.callbacks import ReplayLearningRates
+
+    config = predictor.config
+    both = engine.TensorData(
+        torch.cat([train.X, validation.X]), torch.cat([train.y, validation.y]),
+        None if train.weight is None else torch.cat([train.weight, validation.weight]))
+    torch.manual_seed(config.train.seed)
+    model = build_model(predictor.preprocessor.layout(), predictor.task.n_outputs, config.model)
+    model = model.to(device=predictor.device, dtype=predictor.dtype)
+    lrs = [row["lr"] for row in state.history[: state.best_epoch]]
+    again = replace(config.train, epochs=state.best_epoch, patience=0, schedule="none")
+    if verbose:
+        print(f"refit: a fresh network on {len(both):,} training and validation rows for {state.best_epoch} "
+              "epochs", file=sys.stderr, flush=True)
+    callbacks = engine.default_callbacks(again, verbose, has_validation=False, extra=[ReplayLearningRates(lrs)])
+    engine.fit(model, predictor.task, both, None, again, class_weight=class_weight, callbacks=callbacks)
+    return model.eval()
 
 
 # Scoring every training row would predict them all again after training (33 s of 5M rows); above this
@@ -453,7 +500,7 @@ def write_plots(result: TrainResult, folder: Path) -> list[Path]:
         written.append(plots.confusion_matrix(final["confusion_matrix"], [str(c) for c in predictor.classes],
                                               folder / "confusion_matrix.png"))
     features = predictor.preprocessor.feature_names
-    numeric = all(c.kind == "numeric" for c in predictor.preprocessor.columns)
+    numeric = [c.name for c in predictor.preprocessor.columns if c.kind == "numeric"] == features  # no date parts
     if len(features) == 2 and numeric and predictor.task.kind != "multilabel":
         panels = []
         for title, part in (("Train", result.splits.train), ("Test", result.splits.test)):
@@ -485,6 +532,7 @@ def write_run(result: TrainResult, out: str | Path, *, extra_files=None) -> Path
         "best_epoch": result.best_epoch,
         "stop_reason": result.stop_reason,
         "threads": result.threads,
+        "refit": None if result.refit is None else {k: round(v, 4) for k, v in result.refit.items()},
     }
     if result.spec_record is not None or result.spec is not None:
         predictor.extra["spec"] = result.spec_record or result.spec.describe()

@@ -657,7 +657,7 @@ def decisions(manifest: dict, task, where: str):
     return calibration, (np.asarray(value, dtype=np.float64) if isinstance(value, list) else float(value)), objective
 
 
-def _expected_tensors(config, task, n_inputs: int, where: str = "model") -> dict:
+def _expected_tensors(config, task, preprocessor, where: str = "model") -> dict:
     """Name -> (shape, dtype) of the network a manifest describes, built without allocating memory;
     a network of more than MAX_PARAMETERS numbers is refused."""
     import torch
@@ -665,7 +665,7 @@ def _expected_tensors(config, task, n_inputs: int, where: str = "model") -> dict
     from torchclf.model import build_model
 
     with torch.device("meta"):
-        meta = build_model(n_inputs, task.n_outputs, config.model)
+        meta = build_model(preprocessor.layout(), task.n_outputs, config.model)
     expected = {k: (tuple(v.shape), v.dtype) for k, v in meta.state_dict().items()}
     total = sum(math.prod(shape) for shape, _ in expected.values())
     if total > MAX_PARAMETERS:
@@ -713,8 +713,8 @@ def load_model(folder: str | Path) -> tuple[dict, dict]:
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    config, task, _, _, n_inputs = _parts(manifest, str(folder))
-    expected = _expected_tensors(config, task, n_inputs, str(folder))
+    config, task, preprocessor, _, _ = _parts(manifest, str(folder))
+    expected = _expected_tensors(config, task, preprocessor, str(folder))
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise TorchclfError(f"{folder}: the weights file {WEIGHTS} is missing; re-train or restore it")
@@ -751,9 +751,9 @@ def rebuild(manifest: dict, state_dict: dict, where: str = "model"):
     """
     from torchclf.model import build_model
 
-    config, task, preprocessor, labels, n_inputs = _parts(manifest, where)
-    _check_weights(_expected_tensors(config, task, n_inputs, where), state_dict, where)
-    model = build_model(n_inputs, task.n_outputs, config.model)
+    config, task, preprocessor, labels, _ = _parts(manifest, where)
+    _check_weights(_expected_tensors(config, task, preprocessor, where), state_dict, where)
+    model = build_model(preprocessor.layout(), task.n_outputs, config.model)
     floating = [v.dtype for v in state_dict.values() if v.is_floating_point()]
     if floating:
         model.to(floating[0])  # keep the precision the weights were saved in (float64 from the estimator)

@@ -100,13 +100,17 @@ class Calibration:
     def _fit_temperature(cls, task, z: np.ndarray, target: np.ndarray) -> Calibration:
         # When every validation row is on the right side of the decision, the likelihood keeps growing as
         # the temperature falls to 0: these rows cannot say how confident to be, and the first wrong test
-        # row would cost a huge loss. Such outputs keep temperature 1.
+        # row would cost a huge loss. Such outputs are sharpened only as far as n correct rows out of n
+        # support (see _separated_temperature), and never softened.
         separated = "every validation row is classified correctly, so they cannot measure over-confidence"
+        n = len(z)
         if task.output_activation == "softmax":
             true = (z * target).sum(axis=1)
             others = np.where(target > 0, -np.inf, z).max(axis=1)
             if np.all(true > others):
-                return cls(task, "temperature", [1.0], notes=[f"{separated}; temperature left at 1"])
+                t = _separated_temperature(
+                    lambda t: float(np.exp((_log_softmax(z / t) * target).sum(axis=1)).mean()), n)
+                return cls(task, "temperature", [t], notes=[_separated_note(separated, t, n)])
             return cls(task, "temperature", [_best_temperature(lambda t: _softmax_nll(z, target, t))])
         temps, notes = [], []
         for j in range(z.shape[1]):
@@ -115,8 +119,9 @@ class Calibration:
                 temps.append(1.0)
                 notes.append(f"output {j}: only one class among the validation rows; temperature left at 1")
             elif np.all(np.where(yj > 0, zj > 0, zj < 0)):
-                temps.append(1.0)
-                notes.append(f"output {j}: {separated}; temperature left at 1")
+                margin = np.abs(zj)  # every row is right: its probability of the true side is sigmoid(|z|)
+                temps.append(_separated_temperature(lambda t, m=margin: float(np.mean(_sigmoid(m / t))), n))
+                notes.append(f"output {j}: {_separated_note(separated, temps[-1], n)}")
             else:
                 temps.append(_best_temperature(lambda t, zj=zj, yj=yj: _sigmoid_nll(zj, yj, t)))
         return cls(task, "temperature", temps, notes=notes)
@@ -264,6 +269,37 @@ def _softmax_nll(z: np.ndarray, onehot: np.ndarray, t: float) -> float:
 def _sigmoid_nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
     s = z / t
     return float(np.mean(np.logaddexp(0.0, s) - y * s))  # -log sigmoid(s) for y=1, -log(1-sigmoid(s)) for y=0
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings for large |x|
+
+
+def _separated_temperature(confidence, n: int) -> float:
+    """The temperature at which the mean probability of the true class, ``confidence(t)``, is (n+1)/(n+2).
+
+    With n of n rows right, (n+1)/(n+2) (Laplace's rule of succession) is
+    how often the next row can be expected right. A network less confident
+    than that (label smoothing keeps it so) is sharpened up to it; one already
+    as confident keeps temperature 1. ``confidence`` falls as t grows.
+    """
+    target = (n + 1) / (n + 2)
+    if confidence(1.0) >= target:
+        return 1.0
+    low, high = math.log(MIN_TEMPERATURE), 0.0  # confidence(exp(low)) >= target, or the bound is the answer
+    if confidence(MIN_TEMPERATURE) <= target:
+        return MIN_TEMPERATURE
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if confidence(math.exp(mid)) >= target else (low, mid)
+    return float(math.exp(low))
+
+
+def _separated_note(separated: str, t: float, n: int) -> str:
+    if t == 1.0:
+        return f"{separated}; temperature left at 1"
+    return (f"{separated}; temperature {t:.3g} sharpens the probabilities until their mean confidence is "
+            f"{n + 1}/{n + 2} (what {n} of {n} right supports)")
 
 
 def _best_temperature(nll) -> float:

@@ -91,6 +91,19 @@ class _Snapshot:
         return self.saved
 
 
+class ReplayLearningRates(Callback):
+    """Set every parameter group's learning rate at the start of epoch ``i`` to ``rates[i - 1]``
+    (the rates an earlier run used, so that a refit follows its schedule)."""
+
+    def __init__(self, rates: list[float]):
+        self.rates = list(rates)
+
+    def on_epoch_begin(self, state: TrainState) -> None:
+        rate = self.rates[min(state.epoch, len(self.rates)) - 1]
+        for group in state.optimizer.param_groups:
+            group["lr"] = rate
+
+
 class EarlyStopping(Callback):
     """Stop when a monitored loss has not improved for ``patience`` evaluations.
 

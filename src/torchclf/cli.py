@@ -75,6 +75,8 @@ def table_options(fn):
     def annotation(p):
         if p.kind == "bool":
             return Optional[bool]
+        if p.kind == "names":
+            return Optional[List[str]]  # a repeatable flag: --drop a --drop b
         if p.none is None and p.kind in ("int", "float"):
             return Optional[int] if p.kind == "int" else Optional[float]
         return Optional[str]  # layer sizes, choices, and numbers with a word for None ("full", "auto")
@@ -82,12 +84,15 @@ def table_options(fn):
     signature = inspect.signature(fn, eval_str=True)
     own = [q for q in signature.parameters.values() if q.name != "settings"]
     added = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation(p),
-                               default=typer.Option(None, p.cli_flag, help=p.help_text(), show_default=False))
+                               default=typer.Option(None, p.cli_flag, help=p.help_text(), show_default=False,
+                                                    **({"metavar": "COL"} if p.kind == "names" else {})))
              for p in PARAMS]
 
     @functools.wraps(fn)
     def command(**kwargs):
         settings = {p.name: kwargs.pop(p.name) for p in PARAMS}
+        # A repeatable flag that was not given arrives as an empty list: not given, like the others.
+        settings = {name: None if value in ([], ()) else value for name, value in settings.items()}
         return fn(**kwargs, settings=settings)
 
     command.__signature__ = signature.replace(parameters=own + added)

@@ -17,6 +17,7 @@ soon as a config is built, before any work starts. The whole
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from typing import Any
 
@@ -30,6 +31,8 @@ SCHEDULES = ("none", "plateau", "cosine")
 PRECISIONS = ("float32", "bfloat16", "float16")
 CALIBRATIONS = ("temperature", "isotonic")
 TASKS = ("auto", "binary", "multiclass", "multilabel")
+NUMERIC_EMBEDDINGS = ("none", "periodic")
+SCALINGS = ("standard", "robust")
 SECTIONS = ("model", "train", "data")
 
 _SAME = object()  # "as the main default" for the front doors' own defaults
@@ -48,8 +51,10 @@ class Param:
         The value ``torchclf train`` uses.
     help : str
         One sentence for ``--help``; the default is appended automatically.
-    kind : {"int", "float", "str", "bool", "sizes"}
-        ``sizes`` is a tuple of positive ints such as hidden layer widths.
+    kind : {"int", "float", "str", "bool", "sizes", "names"}
+        ``sizes`` is a tuple of positive ints such as hidden layer widths;
+        ``names`` a tuple of column names (a repeatable flag, also taking
+        names separated by commas).
     choices : tuple of str, optional
         The allowed values of a ``str`` parameter.
     low, high : float, optional
@@ -113,7 +118,7 @@ class Param:
 
     @property
     def annotation(self) -> type:
-        base = {"int": int, "float": float, "str": str, "bool": bool, "sizes": tuple}[self.kind]
+        base = {"int": int, "float": float, "str": str, "bool": bool, "sizes": tuple, "names": tuple}[self.kind]
         return base if self.none is None else base | None
 
     # ----- checking ------------------------------------------------------------
@@ -131,6 +136,8 @@ class Param:
             text = self.expected_text
         elif self.kind == "sizes":
             text = "comma-separated positive layer sizes such as 64,64"
+        elif self.kind == "names":
+            text = "column names (repeat the flag, or separate them with commas)"
         elif self.choices is not None:
             text = "one of " + ", ".join(self.choices)
         elif self.kind == "bool":
@@ -174,6 +181,14 @@ class Param:
             if any(isinstance(h, bool) or not _is_whole(h) or int(h) < 1 for h in sizes):
                 raise bad()
             return tuple(int(h) for h in sizes)
+        if self.kind == "names":
+            names = (value,) if isinstance(value, str) else value  # one column by itself
+            if isinstance(names, (bytes, dict)) or not hasattr(names, "__iter__"):
+                raise bad()
+            names = tuple(names)
+            if any(not isinstance(n, str) or not n for n in names):
+                raise bad()
+            return tuple(dict.fromkeys(str(n) for n in names))
         if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
             raise bad()
         if self.kind == "int":
@@ -191,6 +206,9 @@ class Param:
     # ----- text <-> value (command line, compare, shown commands) ---------------
     def parse(self, text):
         """A value from command-line text (``"64,64"``, ``"full"``, ``"0.01"``); raises naming the flag."""
+        if self.kind == "names":  # one text, or a repeated flag's list of them, each possibly "a,b"
+            texts = [text] if isinstance(text, str) else list(text)
+            return tuple(dict.fromkeys(part.strip() for t in texts for part in str(t).split(",") if part.strip()))
         if not isinstance(text, str):
             return text  # typer already converted ints, floats and bools
         word = text.strip()
@@ -217,6 +235,8 @@ class Param:
             return self.none or "none"
         if self.kind == "sizes":
             return ",".join(str(h) for h in value) or "none"
+        if self.kind == "names":
+            return ",".join(value)
         if isinstance(value, float):
             return f"{value:g}"
         return str(value).lower() if isinstance(value, bool) else str(value)
@@ -224,7 +244,7 @@ class Param:
     def help_text(self) -> str:
         """The help sentence with the default taken from the table."""
         options = f"{', '.join(self.choices)}; " if self.choices else ""
-        return f"{self.help} ({options}default: {self.format(self.default)})"
+        return f"{self.help} ({options}default: {self.format(self.default) or 'none'})"
 
 
 def _is_whole(value) -> bool:
@@ -241,12 +261,19 @@ PARAMS: tuple[Param, ...] = (
           kind="sizes", estimator="hidden_layer_sizes", page=(1, 256), page_default=(8, 8)),
     Param("activation", "model", "relu", "Activation between hidden layers.", kind="str", choices=ACTIVATIONS),
     Param("dropout", "model", 0.2, "Dropout probability after each hidden layer.", low=0.0, high=1.0,
-          high_open=True, estimator_default=0.0, page=(0.0, 0.9), page_default=0.0),
+          high_open=True, page=(0.0, 0.9), page_default=0.0),
     Param("norm", "model", "none", "Normalisation inside hidden layers.", kind="str", choices=NORMS),
+    Param("numeric_embedding", "model", "periodic", "How each numeric column enters the network: as it is "
+          "('none'), or also through learnt periodic features (sin and cos of learnt frequencies, then a "
+          "small linear layer per column), which let the network bend its boundary along each column.",
+          kind="str", choices=NUMERIC_EMBEDDINGS),
+    Param("embedding_dim", "model", 8, "Width of each learnt embedding: per embedded categorical column, "
+          "and per numeric column with --numeric-embedding periodic.", kind="int", low=1, high=256),
     # training
     Param("epochs", "train", 300, "Maximum epochs.", kind="int", low=1, estimator="max_iter",
           page=(1, 10000), page_default=200),
-    Param("batch_size", "train", 64, "Rows per step, or 'full' for full-batch.", kind="int", low=1, none="full",
+    Param("batch_size", "train", 0, "Rows per step; 0 chooses from the training rows (about 1/64 of them, a "
+          "power of two from 64 to 512); 'full' for full-batch.", kind="int", low=0, none="full",
           page=(1, 4096), page_default=32),
     Param("optimizer", "train", "adamw", "Optimizer.", kind="str", choices=OPTIMIZERS),
     Param("lr", "train", 1e-3, "Learning rate.", low=0.0, low_open=True, page=(1e-6, 10.0), page_default=0.01),
@@ -255,15 +282,19 @@ PARAMS: tuple[Param, ...] = (
     Param("l1", "train", 0.0, "L1 penalty: adds l1 * sum(|w|) over the layers' weights (not biases) to the "
           "training loss, pushing small weights to zero.", low=0.0, page=(0.0, 1.0)),
     Param("momentum", "train", 0.0, "SGD momentum.", low=0.0, high=1.0, high_open=True),
-    Param("label_smoothing", "train", 0.0, "Label smoothing: train towards 1 - e on the true class and e spread "
+    Param("label_smoothing", "train", 0.1, "Label smoothing: train towards 1 - e on the true class and e spread "
           "over the classes (0/1 targets towards e/2 and 1 - e/2); the validation loss stays unsmoothed.",
-          low=0.0, high=0.5, high_open=True, page=(0.0, 0.3)),
+          low=0.0, high=0.5, high_open=True, page=(0.0, 0.3), page_default=0.0),
     Param("schedule", "train", "plateau", "Learning-rate schedule.", kind="str", choices=SCHEDULES),
     Param("patience", "train", 30, "Stop after this many evaluations without improvement; 0 = off.",
           kind="int", low=0, estimator="n_iter_no_change"),
     Param("seed", "train", 2, "Seed for the split, initialisation and shuffling.", kind="int", low=0,
           high=2**32 - 1, estimator=None, page=(0, 2**31 - 1), page_default=0, shared=True),
     Param("device", "train", "auto", "Where to train.", kind="str", choices=DEVICES),
+    Param("refit", "train", False, "Once early stopping has chosen the number of epochs, train a fresh network on "
+          "the training and validation rows together for that many epochs, replaying the learning rates; the "
+          "calibration and threshold stay those chosen on the validation rows. About doubles training time.",
+          kind="bool", flag="--refit/--no-refit"),
     Param("eval_every", "train", 1, "Validate every N epochs.", kind="int", low=1),
     Param("log_every", "train", 0, "Print a log line every N epochs (0 = ten lines per run).", kind="int",
           low=0, estimator=None),
@@ -290,10 +321,33 @@ PARAMS: tuple[Param, ...] = (
           estimator=None, page=(0.05, 0.5), shared=True),
     Param("validation_size", "data", 0.1, "Fraction of rows held out for validation (early stopping).",
           low=0.0, high=1.0, high_open=True, flag="--val-size", estimator=None, shared=True),
-    Param("max_categories", "data", 50, "Most one-hot columns per categorical column.", kind="int", low=1),
+    Param("drop", "data", (), "A column to leave out of the features; repeat the flag, or separate names with "
+          "commas. Identifier and free-text columns are left out without it, with a warning.", kind="names"),
+    Param("max_categories", "data", 100_000, "Most categories kept per categorical column; rarer ones share "
+          "one '<other>' slot with categories never seen in training.", kind="int", low=1),
+    Param("onehot_max", "data", 16, "Categorical columns with more categories than this enter the network "
+          "as a learnt embedding of the category (memory grows with rows, not rows x categories); 'none' "
+          "one-hot encodes every column.", kind="int", low=1, none="none"),
+    Param("scaling", "data", "standard", "Numeric columns: 'standard' (mean and standard deviation) or "
+          "'robust' (median and interquartile range, then a smooth clip that tames outliers).",
+          kind="str", choices=SCALINGS),
 )
 
 PARAM: dict[str, Param] = {p.name: p for p in PARAMS}
+
+# batch_size 0 ("auto"): about this fraction of the training rows per step, as a power of two within bounds.
+# Small tables keep small, noisy steps (a regulariser); large ones get fewer, cheaper steps per epoch.
+AUTO_BATCH_FRACTION = 1 / 64
+AUTO_BATCH_LIMITS = (64, 512)
+
+
+def batch_rows(batch_size: int | None, n_rows: int) -> int | None:
+    """The rows per step ``batch_size`` means for ``n_rows`` training rows (None: all of them at once)."""
+    if batch_size != 0:
+        return batch_size
+    low, high = AUTO_BATCH_LIMITS
+    target = max(1.0, n_rows * AUTO_BATCH_FRACTION)
+    return int(min(high, max(low, 2 ** round(math.log2(target)))))
 
 
 def section_params(section: str) -> tuple[Param, ...]:
@@ -372,6 +426,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"]["hidden"] = list(self.model.hidden)
+        d["data"]["drop"] = list(self.data.drop)
         return d
 
     def value(self, name: str):

@@ -24,7 +24,7 @@ from torchclf.callbacks import (
     ProgressBar,
     TrainState,
 )
-from torchclf.config import TrainConfig
+from torchclf.config import TrainConfig, batch_rows
 from torchclf.errors import TorchclfError
 from torchclf.task import Task
 
@@ -274,8 +274,8 @@ def fit(
             cb.on_epoch_begin(state)
         config, optimizer, scheduler = state.config, state.optimizer, state.scheduler
         t0 = time.perf_counter()
-        train_loss, train_acc = run_epoch(train_model, task, loss_fn, optimizer, train, config.batch_size, generator,
-                                          precision, after_step)
+        train_loss, train_acc = run_epoch(train_model, task, loss_fn, optimizer, train,
+                                          batch_rows(config.batch_size, len(train)), generator, precision, after_step)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"]}
         if validation is not None and len(validation) and (epoch % config.eval_every == 0 or epoch == config.epochs):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import inspect
+import math
+import sys
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from sklearn.utils.validation import (
 
 from torchclf import api
 from torchclf.callbacks import EarlyStopping
-from torchclf.config import PARAMS, Param, RunConfig, with_values
+from torchclf.config import PARAM, PARAMS, Param, RunConfig, with_values
 from torchclf.data import Dataset
 from torchclf.predictor import Predictor
 from torchclf.preprocess import LabelCoder
@@ -48,13 +50,16 @@ TABLE_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.estimator_name is
 
 # Parameters of the estimator alone, with their constraints: scikit-learn's conventions (tol, random_state,
 # warm_start, verbose), the network's floating type, and early stopping as a switch (the command line holds
-# out validation rows with --val-size instead). Every other parameter comes from the table.
+# out validation rows with --val-size instead). Every other parameter comes from the table. Early stopping
+# is on by default with the command line's validation fraction, so that both front doors train the same
+# recipe; "auto" (as HistGradientBoostingClassifier's early_stopping) leaves it off on tables too small to
+# hold out MIN_VALIDATION_ROWS, where True would train on a handful of rows and stop on a handful.
 ESTIMATOR_ONLY_DEFAULTS: dict = {
-    "early_stopping": False, "validation_fraction": 0.1, "tol": 1e-4, "dtype": None,
-    "random_state": None, "warm_start": False, "verbose": False,
+    "early_stopping": "auto", "validation_fraction": PARAM["validation_size"].default, "tol": 1e-4,
+    "dtype": None, "random_state": None, "warm_start": False, "verbose": False,
 }
 ESTIMATOR_ONLY: dict[str, list] = {
-    "early_stopping": ["boolean"],
+    "early_stopping": ["boolean", StrOptions({"auto"})],
     "validation_fraction": [Interval(Real, 0, 0.5, closed="right")],  # the workflow holds out at most half
     "tol": [Interval(Real, 0, None, closed="left")],
     "dtype": [StrOptions(set(_DTYPES)), None],
@@ -62,6 +67,10 @@ ESTIMATOR_ONLY: dict[str, list] = {
     "warm_start": ["boolean"],
     "verbose": ["verbose"],
 }
+
+# early_stopping="auto" holds out validation rows only when there would be at least this many of them
+# (100 rows at the default fraction); smaller tables train on every row and stop on the training loss.
+MIN_VALIDATION_ROWS = 10
 
 # Values the estimator accepts beyond the table's, by table name: a single int for one hidden layer, and a
 # {label: weight} dict (applied to the sample weights) as scikit-learn's class_weight allows.
@@ -75,6 +84,8 @@ def _constraints(p: Param) -> list:
     """scikit-learn's constraints for a table parameter, from its kind, bounds, choices and ``none``."""
     if p.kind == "sizes":
         found: list = ["array-like"]
+    elif p.kind == "names":
+        found = ["array-like", str]  # the names themselves are checked by the table in fit
     elif p.kind == "bool":
         found = ["boolean"]
     elif p.choices is not None:
@@ -96,16 +107,20 @@ def _constraints(p: Param) -> list:
 # a None type meaning "derived from the table".
 _DOC: dict[str, tuple[str | None, str]] = {
     "hidden": ("int or tuple of int", "Units per hidden layer; ``()`` for no hidden layer (a linear model)."),
-    "dropout": (None, "Dropout probability after each hidden layer. Off by default (unlike ``torchclf train``) "
-                "because each copy of a repeated row draws its own dropout mask, so with dropout a sample "
-                "weight of k is no longer the same as k copies of the row."),
+    "dropout": (None, "Dropout probability after each hidden layer. Each copy of a repeated row draws its own "
+                "dropout mask, so with dropout a sample weight of k is close to, not exactly, k copies of "
+                "the row; 0.0 makes them the same."),
     "epochs": (None, "Epochs (passes over the training rows) per call to ``fit``."),
-    "batch_size": (None, "Rows per step; None trains on all rows at once."),
+    "batch_size": (None, "Rows per step; 0 chooses from the training rows (about 1/64 of them, a power of two "
+                   "from 32 to 512); None trains on all rows at once."),
     "patience": (None, "Evaluations without an improvement of at least ``tol`` after which training stops: "
                  "in the validation loss with early stopping (keeping the best weights), else in the training "
                  "loss, as MLPClassifier does. 0 never stops early."),
     "threads": (None, "CPU threads for torch while fitting (None: the engine's choice); torch's own setting "
                 "is the same after ``fit`` as before."),
+    "drop": ("str or tuple of str", "Columns of X to leave out (by name; x0, x1, ... for arrays). Identifier "
+             "and free-text columns are left out without it, with a warning, and date columns become numeric "
+             "parts."),
     "class_weight": ('dict, "balanced" or None', '"balanced" reweights the loss by n_samples / (n_classes * '
                      "count), or the positive examples of each label for multilabel targets, as ``torchclf "
                      "train --class-weight balanced`` does; a dict ``{label: weight}`` multiplies the sample "
@@ -153,13 +168,17 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     {table_parameters}
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the rows (stratified), stop when
-        their loss has not improved for ``n_iter_no_change`` evaluations, and
-        keep the best weights. Ignored by ``partial_fit``.
+    early_stopping : bool or "auto", default="auto"
+        True holds out ``validation_fraction`` of the rows (stratified), stops
+        when their loss has not improved for ``n_iter_no_change``
+        evaluations, and keeps the best weights, as ``torchclf train`` does.
+        "auto" does the same when that holds out at least
+        ``MIN_VALIDATION_ROWS`` (10) rows, and otherwise trains on every row
+        as False does (``history_`` then has no ``val_loss``). Ignored by
+        ``partial_fit``.
     validation_fraction : float in (0, 0.5], default=0.1
-        Held out with ``early_stopping``, stratified where every class has
-        two rows or more.
+        Held out with early stopping, stratified where every class has two
+        rows or more; the default is ``torchclf train --val-size``'s.
     tol : float >= 0, default=1e-4
         The improvement of the training loss that counts, without early stopping.
     dtype : {"float32", "float64"} or None, default=None
@@ -281,20 +300,19 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
         else:
             labels, fitted_classes = self._new_labels(y, multilabel, label_names, classes, method)
 
+        held_out = not incremental and self._holds_out(len(frame))
         seed = self._seed()
-        config = self._config(seed)
+        config = self._config(seed, held_out=held_out)
         dtype = self.predictor_.dtype if continuing else self._torch_dtype(frame)
         if dtype == torch.float64 and config.train.precision != "float32":
             # autocast leaves float64 arithmetic alone, so the request would silently do nothing
             raise ValueError(f"{name}.{method}: precision={self.precision!r} needs a float32 network, this one is "
                              "float64; set dtype='float32' (or None, with a new model)")
-        held_out = self.early_stopping and not incremental
         run = with_values(config, {
             "epochs": 1 if incremental else config.train.epochs,
             # A continued run shuffles differently from the run it continues, except with early stopping:
             # the seed also draws the validation rows, which must stay the rows the model never trained on.
             "seed": seed + (self.n_iter_ if continuing and not held_out else 0),
-            "validation_size": config.data.validation_size if held_out else 0.0,
         })
         optimizer_state = None
         if continuing and self._optimizer_kind == self.optimizer:
@@ -377,7 +395,18 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
             return int(self.random_state)
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
-    def _config(self, seed: int) -> RunConfig:
+    def _holds_out(self, n_rows: int) -> bool:
+        """Whether ``fit`` on ``n_rows`` rows holds out validation rows (see ``early_stopping``)."""
+        if not isinstance(self.early_stopping, str):  # True or False, numpy's bools too
+            return bool(self.early_stopping)
+        # The validation part's size by scikit-learn's train_test_split rule, which the workflow's split uses.
+        enough = math.ceil(self.validation_fraction * n_rows) >= MIN_VALIDATION_ROWS
+        if not enough and self.verbose:
+            print(f"{type(self).__name__}: early_stopping='auto': {n_rows} rows are too few to hold out "
+                  f"{MIN_VALIDATION_ROWS} for validation; training on all of them", file=sys.stderr)
+        return enough
+
+    def _config(self, seed: int, *, held_out: bool) -> RunConfig:
         """The run this estimator describes: its table parameters by table name, plus the seed and splits."""
         values = {p.name: getattr(self, p.estimator_name) for p in TABLE_PARAMS}
         hidden = values["hidden"]
@@ -390,7 +419,7 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
         values.update(
             seed=seed,
             test_size=0.0,  # the caller holds out its own test rows
-            validation_size=float(self.validation_fraction) if self.early_stopping else 0.0,
+            validation_size=float(self.validation_fraction) if held_out else 0.0,
         )
         return with_values(RunConfig(), values)
 
@@ -431,7 +460,8 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
         return [f"x{i}" for i in range(self.n_features_in_)]
 
     def _numeric_inputs(self) -> bool:
-        return all(c.kind == "numeric" for c in self.predictor_.preprocessor.columns)
+        pre = self.predictor_.preprocessor
+        return pre.plan.keeps_all and all(c.kind == "numeric" for c in pre.columns)
 
     # ----- prediction ----------------------------------------------------------
     def _logits(self, X, method: str) -> np.ndarray:
@@ -512,7 +542,8 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
         info = predictor.extra.get("estimator") or {}
         params = info.get("params")
         estimator = cls(**(_params_from_json(params, cls) if params else _params_from_config(predictor.config)))
-        names = predictor.preprocessor.feature_names
+        # Every column fitted on, those the model left out too: X is checked against them.
+        names = predictor.preprocessor.plan.columns or predictor.preprocessor.feature_names
         estimator.n_features_in_ = len(names)
         if info.get("feature_names_in", True):
             estimator.feature_names_in_ = np.asarray(names, dtype=object)
@@ -617,6 +648,8 @@ def _params_from_json(params: dict, cls) -> dict:
         out["class_weight"] = {k: v for k, v in out["class_weight"]}
     if isinstance(out.get("hidden_layer_sizes"), list):
         out["hidden_layer_sizes"] = tuple(out["hidden_layer_sizes"])
+    if isinstance(out.get("drop"), list):
+        out["drop"] = tuple(out["drop"])
     return out
 
 

@@ -3,8 +3,11 @@
 The graph is built by hand with the ``onnx`` package's helper API (no
 ``torch.onnx``, which needs more packages) and repeats, operator by
 operator, what the run's own code does: :meth:`Preprocessor.transform`
-(imputation, missing flags, scaling and clipping in float64; one-hot with
-the ``<other>`` slot), the :class:`~torchclf.model.MLP` in eval mode, and
+(imputation, missing flags, scaling, clipping and smooth clipping in
+float64; one-hot with the ``<other>`` slot, or the category's code for an
+embedded column), the :class:`~torchclf.model.MLP` in eval mode (with its
+:class:`~torchclf.model.FeatureInputs`: periodic numeric embeddings and
+category embeddings), and
 :func:`decision_rule`'s logits -> probabilities -> labels (temperature
 scaling and decision thresholds included). It has one input per raw column,
 in training order: numeric columns as float64 of shape (n,) with NaN for a
@@ -152,6 +155,8 @@ def _preprocess(g: _Graph, pre, dtype) -> str:
         z = g.op("Div", g.op("Sub", filled, g.const(np.array([c.mean for c in numeric]))),
                  g.const(np.array([c.scale for c in numeric])))
         z = g.op("Clip", z, g.const(np.float64(-MAX_SCALED)), g.const(np.float64(MAX_SCALED)))
+        if any(c.clip > 0 for c in numeric):
+            z = _smooth_clip(g, z, [c.clip for c in numeric])
         blocks.append(g.op("Cast", z, to=dtype))
         positions.update({(c.name, 0): k for k, c in enumerate(numeric)})
         if flagged:
@@ -164,6 +169,12 @@ def _preprocess(g: _Graph, pre, dtype) -> str:
             continue
         codes = g.op("LabelEncoder", c.name, domain="ai.onnx.ml", keys_strings=list(c.categories),
                      values_int64s=list(range(len(c.categories))), default_int64=len(c.categories))
+        if c.embed:  # one column holding the code as a number (exact in float32 below 2**24 codes)
+            code = g.op("Cast", codes, to=dtype)
+            blocks.append(g.op("Unsqueeze", code, g.const(np.array([1], dtype=np.int64), "axis1")))
+            positions[(c.name, 0)] = start
+            start += 1
+            continue
         block = g.op("OneHot", codes, g.const(np.array([c.width], dtype=np.int64)),
                      g.const(np.array([0, 1], dtype=np.float32)))
         # onnxruntime's OneHot makes no float64, and 0/1 are exact in both types.
@@ -175,6 +186,19 @@ def _preprocess(g: _Graph, pre, dtype) -> str:
     if order != list(range(len(order))):  # back to the preprocessor's column order
         x = g.op("Gather", x, g.const(np.array(order, dtype=np.int64)), axis=1)
     return x
+
+
+def _smooth_clip(g: _Graph, z: str, clips: list[float]) -> str:
+    """z / sqrt(1 + (z / clip)^2) per column of the float64 matrix ``z`` (n, n_numeric), as
+    ``ColumnSpec.scale_values`` does.
+
+    A column without clipping (clip 0) is divided by +inf instead: z / inf is 0 for the finite z
+    that the Clip before leaves, so that column comes out bit for bit unchanged.
+    """
+    limits = g.const(np.array([c if c > 0 else np.inf for c in clips], dtype=np.float64), "clip")
+    ratio = g.op("Div", z, limits)
+    root = g.op("Sqrt", g.op("Add", g.const(np.float64(1.0)), g.op("Mul", ratio, ratio)))
+    return g.op("Div", z, root)
 
 
 # ----- the network -----------------------------------------------------------------
@@ -192,6 +216,8 @@ def _network(g: _Graph, model, x: str, np_dtype) -> str:
     if not isinstance(layers, nn.Sequential):
         raise TorchclfError(f"export: the network is a {type(model).__name__}, not torchclf's MLP; "
                             "only networks built by torchclf can be exported")
+    if getattr(model, "inputs", None) is not None:
+        x = _feature_inputs(g, model.inputs, x, np_dtype)
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.Linear):
             inputs = [x, g.const(_array(layer.weight, np_dtype), "weight")]
@@ -218,6 +244,55 @@ def _network(g: _Graph, model, x: str, np_dtype) -> str:
         else:
             x = _activation(g, layer, x, np_dtype, double, i)
     return x
+
+
+def _feature_inputs(g: _Graph, inputs, x: str, np_dtype) -> str:
+    """:class:`~torchclf.model.FeatureInputs`: the encoded matrix (n, n_inputs) -> the first layer's
+    input (n, inputs.width): the columns that are not codes, the periodic embeddings of the numeric
+    columns, then one embedding per code column, in that order."""
+    from onnx import TensorProto
+
+    from torchclf.model import FeatureInputs
+
+    if not isinstance(inputs, FeatureInputs):
+        raise TorchclfError(f"export: the network's inputs module is a {type(inputs).__name__}, not torchclf's "
+                            "FeatureInputs; only networks built by torchclf can be exported")
+    parts = []
+    if inputs.dense.numel():
+        parts.append(g.op("Gather", x, g.const(inputs.dense.cpu().numpy().astype(np.int64), "dense"), axis=1))
+    if inputs.periodic is not None:
+        numeric = g.op("Gather", x, g.const(inputs.numeric.cpu().numpy().astype(np.int64), "numeric"), axis=1)
+        parts.append(_periodic(g, inputs.periodic, numeric, np_dtype))
+    for j, table in zip(inputs.code_columns, inputs.embeddings):
+        code = g.op("Cast", g.op("Gather", x, g.const(np.int64(j), "code"), axis=1), to=TensorProto.INT64)
+        # As FeatureInputs' clamp: a code outside the table (none comes from the graph's own encoding) stays in it.
+        code = g.op("Clip", code, g.const(np.int64(0)), g.const(np.int64(table.num_embeddings - 1)))
+        parts.append(g.op("Gather", g.const(_array(table.weight, np_dtype), "embedding"), code, axis=0))
+    return g.op("Concat", *parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def _periodic(g: _Graph, periodic, x: str, np_dtype) -> str:
+    """:class:`~torchclf.model.PeriodicEmbedding`: numeric columns (n, C) -> (n, C * dim), each
+    column's ``dim`` values together (column 0's first), as its ``flatten(1)``."""
+    n_columns, dim = periodic.bias.shape
+    # (2 pi) x, then times the frequencies: the order and rounding of the module's forward.
+    angle = g.op("Mul", g.op("Unsqueeze", x, g.const(np.array([2], dtype=np.int64), "axis2")),
+                 g.const(np_dtype(2 * np.pi)))
+    angle = g.op("Mul", angle, g.const(_array(periodic.frequencies, np_dtype), "frequencies"))  # (n, C, F)
+    if np_dtype == np.float64:
+        # onnxruntime has long had a float64 Sin but not a float64 Cos (its kernel list up to opset 22 has
+        # float only): cos(a) is sin(a + pi/2), off by the rounding of the sum, about 1e-16 |a|.
+        cos = g.op("Sin", g.op("Add", angle, g.const(np.float64(np.pi / 2))))
+    else:
+        cos = g.op("Cos", angle)
+    features = g.op("Concat", cos, g.op("Sin", angle), axis=2)  # (n, C, 2F)
+    # Columns first, so that one batched MatMul applies each column's own (2F, dim) weight.
+    out = g.op("MatMul", g.op("Transpose", features, perm=[1, 0, 2]),
+               g.const(_array(periodic.weight, np_dtype), "weight"))  # (C, n, dim)
+    out = g.op("Relu", g.op("Add", out, g.const(_array(periodic.bias, np_dtype)[:, None, :], "bias")))
+    # Shape (n, C * dim) with n copied from the input (0), which also holds for no rows.
+    return g.op("Reshape", g.op("Transpose", out, perm=[1, 0, 2]),
+                g.const(np.array([0, n_columns * dim], dtype=np.int64), "shape"))
 
 
 def _activation(g: _Graph, layer, x: str, np_dtype, double: bool, i: int) -> str:
@@ -338,6 +413,10 @@ def to_onnx(predictor):
 
     pre = predictor.preprocessor
     _check_names(pre)
+    if pre.plan.dates:  # the graph takes raw columns, and ONNX has no operator that reads a date from text
+        raise TorchclfError(f"export: column {pre.plan.dates[0].name!r} holds dates, which the ONNX graph cannot "
+                            "read; predict with torchclf (or serve --backend torch), or re-train with the date "
+                            "as numbers of your own (or --drop it)")
     dtype = {torch.float32: TensorProto.FLOAT, torch.float64: TensorProto.DOUBLE}.get(predictor.dtype)
     if dtype is None:
         raise TorchclfError(f"export: the network's weights are {predictor.dtype}; only float32 and float64 "

@@ -111,7 +111,10 @@ class Predictor:
         array = np.asarray(rows)
         if array.ndim == 1:
             array = array.reshape(1, -1)
-        return pd.DataFrame(array, columns=self.preprocessor.feature_names[: array.shape[1]])
+        names = self.preprocessor.feature_names
+        if array.shape[1] == len(self.preprocessor.plan.columns):  # every training column, left-out ones too
+            names = self.preprocessor.plan.columns
+        return pd.DataFrame(array, columns=names[: array.shape[1]])
 
     def encode(self, rows, where: str = "input") -> torch.Tensor:
         """Preprocessed inputs of shape (n_samples, n_inputs) on the model's device, in its dtype."""

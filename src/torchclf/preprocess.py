@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from torchclf.config import PARAM, SCALINGS
+from torchclf.data.columns import ColumnPlan
 from torchclf.data.sources import DataWarning, drop_nested_columns
 from torchclf.errors import TorchclfError
 
@@ -27,6 +29,15 @@ MOSTLY_NOT_NUMBERS = 0.5
 # frame it comes from, the network, and the other splits.
 MEMORY_FRACTION = 0.75
 SMALL_MATRIX_BYTES = 8 * 2**20  # encodings smaller than this are never checked against memory
+# Robust scaling divides by the interquartile range over this (the IQR of a normal distribution in
+# standard deviations), so that both scalings agree on normally distributed columns.
+IQR_PER_STD = 1.349
+# Robust scaling then clips smoothly: z / sqrt(1 + (z / SMOOTH_CLIP)^2) keeps the middle of the
+# distribution (|z| < 1 moves by under 3%) and squeezes outliers towards +-SMOOTH_CLIP.
+SMOOTH_CLIP = 4.0
+# Categories seen in fewer training rows than this share the <other> slot when a column is embedded:
+# an embedding learnt from one row is noise, and <other> then learns what unseen categories need.
+MIN_EMBEDDED_ROWS = 2
 
 
 def available_memory() -> int | None:
@@ -78,6 +89,28 @@ def _as_float(series: pd.Series) -> np.ndarray:
     if _is_numeric(series):
         return series.to_numpy(dtype="float64", na_value=np.nan)
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _quantiles(values: np.ndarray, weight: np.ndarray | None, qs: tuple[float, ...]) -> list[float]:
+    """The ``qs`` quantiles of the non-NaN ``values``, each counted ``weight`` times (0.0 if none).
+
+    The inverse of the empirical distribution (no interpolation), so that
+    integer weights give exactly the quantiles of the rows repeated.
+    """
+    present = ~np.isnan(values) if weight is None else ~np.isnan(values) & (weight > 0)
+    if not present.any():
+        return [0.0] * len(qs)
+    if weight is None:
+        return [float(v) for v in np.quantile(values[present], qs, method="inverted_cdf")]
+    order = np.argsort(values[present], kind="stable")
+    v, cum = values[present][order], np.cumsum(weight[present][order])
+    return [float(v[min(int(np.searchsorted(cum, q * cum[-1])), len(v) - 1)]) for q in qs]
+
+
+def _smooth_clip(z: np.ndarray, limit: float) -> np.ndarray:
+    """``z`` squeezed into (-limit, limit): nearly unchanged near 0, outliers pulled in smoothly."""
+    with np.errstate(over="ignore"):
+        return z / np.sqrt(1.0 + np.square(z / limit))
 
 
 def _weighted_median(values: np.ndarray, weight: np.ndarray) -> float:
@@ -160,10 +193,12 @@ def _column_from_dict(c, i: int) -> ColumnSpec:
     _expect(not unknown, where, f"free of unknown fields (found {sorted(unknown)[:3]})")
     _expect(isinstance(c.get("name"), str), f"{where}.name", "text")
     _expect(c.get("kind") in ("numeric", "categorical"), f"{where}.kind", "'numeric' or 'categorical'")
-    for key in ("median", "mean", "scale"):
+    for key in ("median", "mean", "scale", "clip"):
         _expect(_is_number(c.get(key, 0.0)), f"{where}.{key}", "a finite number")
     _expect(c.get("scale", 1.0) > 0, f"{where}.scale", "positive")
-    _expect(isinstance(c.get("missing_indicator", False), bool), f"{where}.missing_indicator", "true or false")
+    _expect(c.get("clip", 0.0) >= 0, f"{where}.clip", "0 (off) or positive")
+    for key in ("missing_indicator", "embed"):
+        _expect(isinstance(c.get(key, False), bool), f"{where}.{key}", "true or false")
     categories = c.get("categories", [])
     _expect(isinstance(categories, list) and all(isinstance(v, str) for v in categories),
             f"{where}.categories", "a list of text values")
@@ -182,19 +217,65 @@ class ColumnSpec:
     mean: float = 0.0
     scale: float = 1.0
     missing_indicator: bool = False
+    clip: float = 0.0  # > 0: the scaled value is smoothly clipped to +-clip (robust scaling)
     # categorical
     categories: list[str] = field(default_factory=list)
+    embed: bool = False  # one input holding the category's code (for nn.Embedding) instead of one-hot
 
     @property
     def width(self) -> int:
         if self.kind == "numeric":
             return 1 + int(self.missing_indicator)
+        if self.embed:
+            return 1
         return len(self.categories) + 1  # + the <other> slot for unseen values
+
+    @property
+    def n_codes(self) -> int:
+        """Codes of an embedded column: one per category and one for <other> (unseen, rare)."""
+        return len(self.categories) + 1
 
     def output_names(self) -> list[str]:
         if self.kind == "numeric":
             return [self.name] + ([f"{self.name}__missing"] if self.missing_indicator else [])
+        if self.embed:
+            return [f"{self.name}#code"]
         return [f"{self.name}={c}" for c in self.categories] + [f"{self.name}={OTHER}"]
+
+    def scale_values(self, values: np.ndarray) -> np.ndarray:
+        """Raw numbers (missing as NaN or inf) -> the network's input for this numeric column."""
+        missing = ~np.isfinite(values)
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (np.where(missing, self.median, values) - self.mean) / self.scale
+        # However far out a new value lies, the network's input must stay a finite float32.
+        z = np.clip(z, -MAX_SCALED, MAX_SCALED)
+        return _smooth_clip(z, self.clip) if self.clip > 0 else z
+
+    def codes(self, series: pd.Series) -> np.ndarray:
+        """Category codes of shape (n_samples,): the index in ``categories``, or len(categories) for <other>."""
+        strings = series.astype("object").where(series.notna(), MISSING).astype(str)
+        codes = pd.Index(self.categories).get_indexer(strings).astype(np.int64)
+        codes[codes < 0] = len(self.categories)
+        return codes
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """The encoded matrix's columns as the network sees them.
+
+    Attributes
+    ----------
+    width : int
+        Columns of the encoded matrix.
+    numeric : tuple of int
+        Columns holding a scaled number (not missing flags or one-hot slots).
+    codes : tuple of (int, int)
+        (column, number of codes) of each embedded categorical column.
+    """
+
+    width: int
+    numeric: tuple[int, ...] = ()
+    codes: tuple[tuple[int, int], ...] = ()
 
 
 class Preprocessor:
@@ -211,11 +292,30 @@ class Preprocessor:
     numeric_text_ratio : float
         A text column whose values parse as numbers at least this often is
         treated as numeric, the stray text becoming missing values.
+    scaling : {"standard", "robust"}
+        ``standard``: subtract the mean, divide by the standard deviation.
+        ``robust``: subtract the median, divide by the interquartile range
+        (in standard-deviation units), then clip smoothly at +-``SMOOTH_CLIP``,
+        so that outliers and skewed columns do not swamp the others.
+    onehot_max : int, optional
+        A categorical column with more categories than this becomes one
+        input holding the category's code, which the network embeds
+        (memory grows with rows, not rows x categories); categories seen in
+        fewer than ``MIN_EMBEDDED_ROWS`` training rows then share ``<other>``.
+        None one-hot encodes every column.
+    drop : sequence of str
+        Columns to leave out (``--drop``). Before anything is encoded a
+        :class:`~torchclf.data.columns.ColumnPlan` also leaves out identifier
+        and free-text columns and turns date columns into numeric parts.
     """
 
-    def __init__(self, max_categories: int = 50, numeric_text_ratio: float = 0.95):
+    def __init__(self, max_categories: int = 50, numeric_text_ratio: float = 0.95, scaling: str = "standard",
+                 onehot_max: int | None = None, drop=()):
         self.max_categories = max_categories
         self.numeric_text_ratio = numeric_text_ratio
+        self.scaling = scaling
+        self.onehot_max = onehot_max
+        self.plan = ColumnPlan(drop)  # fitted first: the raw columns that reach the per-column loop
         self.columns: list[ColumnSpec] = []
 
     # ----- fitting -----------------------------------------------------------
@@ -234,6 +334,7 @@ class Preprocessor:
             weight = np.asarray(sample_weight, dtype=np.float64)
             frame, weight = frame[weight > 0], weight[weight > 0]
         _column_lookup(frame, "training rows")  # rejects names that clash once made text
+        frame = self.plan.fit(frame)  # dropped, identifier and free-text columns out; dates as numeric parts
         # Reading a file already drops these (see from_frame); a DataFrame given directly may still hold them.
         frame = drop_nested_columns(frame, "training rows")
         if frame.shape[1] == 0:
@@ -287,6 +388,8 @@ class Preprocessor:
         missing = np.isnan(values)
         has_missing = bool(missing.any())
         single = bool(missing.all() or (not has_missing and np.all(values == values[0])))
+        if self.scaling == "robust":
+            return self._robust_spec(name, values, weight, has_missing), single
         with np.errstate(over="ignore", invalid="ignore"):
             if weight is None:
                 median = float(np.nanmedian(values)) if not np.isnan(values).all() else 0.0
@@ -311,6 +414,29 @@ class Preprocessor:
             missing_indicator=has_missing,
         ), single
 
+    def _robust_spec(self, name: str, values: np.ndarray, weight: np.ndarray | None,
+                     has_missing: bool) -> ColumnSpec:
+        """Median-centred, scaled by the interquartile range and smoothly clipped (see ``scaling``).
+
+        A column whose middle half is one value (a 0/1 column with a rare 1,
+        counts mostly 0) has no interquartile range; it is scaled by its
+        standard deviation, or by 1 when it is constant.
+        """
+        q25, median, q75 = _quantiles(values, weight, (0.25, 0.5, 0.75))
+        scale = (q75 - q25) / IQR_PER_STD
+        if not (np.isfinite(scale) and scale > 1e-12):
+            present = ~np.isnan(values)
+            big = float(np.abs(values[present]).max()) if present.any() else 0.0
+            w = None if weight is None else weight[present]
+            if big > 0 and (w is None or w.sum() > 0):  # in units of the largest value: no overflow
+                unit = values[present] / big
+                std = big * float(np.sqrt(np.average((unit - np.average(unit, weights=w)) ** 2, weights=w)))
+            else:
+                std = 0.0
+            scale = std if std > 1e-12 else 1.0
+        return ColumnSpec(name=name, kind="numeric", median=median, mean=median, scale=float(scale),
+                          missing_indicator=has_missing, clip=SMOOTH_CLIP)
+
     def _fit_categorical(self, name: str, series: pd.Series,
                          weight: np.ndarray | None = None) -> tuple[ColumnSpec, bool]:
         counts = _category_counts(series, weight)
@@ -323,13 +449,18 @@ class Preprocessor:
             )
         # Sort by count, then name, so the encoding does not depend on row order.
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.max_categories]
-        return ColumnSpec(name=name, kind="categorical", categories=[k for k, _ in ordered]), len(counts) <= 1
+        embed = self.onehot_max is not None and len(ordered) > self.onehot_max
+        if embed:
+            ordered = [(k, n) for k, n in ordered if n >= MIN_EMBEDDED_ROWS] or ordered[:1]
+        return (ColumnSpec(name=name, kind="categorical", categories=[k for k, _ in ordered], embed=embed),
+                len(counts) <= 1)
 
     # ----- transforming ------------------------------------------------------
     @property
     def feature_names(self) -> list[str]:
-        """Raw column names the preprocessor expects, in training order."""
-        return [c.name for c in self.columns]
+        """Raw column names the preprocessor expects, in training order (a date column, not its parts;
+        not the columns left out)."""
+        return self.plan.inputs([c.name for c in self.columns])
 
     @property
     def output_names(self) -> list[str]:
@@ -339,6 +470,17 @@ class Preprocessor:
     @property
     def n_outputs(self) -> int:
         return sum(c.width for c in self.columns)
+
+    def layout(self) -> InputLayout:
+        """Which of the encoded columns hold scaled numbers and which hold category codes."""
+        numeric, codes, j = [], [], 0
+        for spec in self.columns:
+            if spec.kind == "numeric":
+                numeric.append(j)
+            elif spec.embed:
+                codes.append((j, spec.n_codes))
+            j += spec.width
+        return InputLayout(j, tuple(numeric), tuple(codes))
 
     def check_columns(self, frame: pd.DataFrame, where: str = "input") -> None:
         lookup = _column_lookup(frame, where)
@@ -358,6 +500,7 @@ class Preprocessor:
         ndarray of shape (n_samples, n_outputs), float32 (or ``dtype``)
         """
         self.check_columns(frame, where)
+        frame = self.plan.apply(frame, where)  # date columns -> their parts
         lookup = _column_lookup(frame, where)
         self.check_memory(len(frame), np.dtype(dtype).itemsize, where)
         out = np.empty((len(frame), self.n_outputs), dtype=dtype)
@@ -370,19 +513,15 @@ class Preprocessor:
                 series = frame[lookup[spec.name]]
                 values = _as_float(series)
                 self._check_numbers(spec.name, series, values, where)
-                missing = ~np.isfinite(values)
-                values = np.where(missing, spec.median, values)
-                with np.errstate(over="ignore"):
-                    z = (values - spec.mean) / spec.scale
-                # However far out a new value lies, the network's input must stay a finite float32.
-                out[:, j] = np.clip(z, -MAX_SCALED, MAX_SCALED)
+                out[:, j] = spec.scale_values(values)
                 if spec.missing_indicator:
-                    out[:, j + 1] = missing
+                    out[:, j + 1] = ~np.isfinite(values)
             elif spec.kind == "categorical":
-                series = frame[lookup[spec.name]]
-                strings = series.astype("object").where(series.notna(), MISSING).astype(str)
-                codes = pd.Index(spec.categories).get_indexer(strings).astype(np.int64)
-                codes[codes < 0] = len(spec.categories)  # unseen -> <other>
+                codes = spec.codes(frame[lookup[spec.name]])
+                if spec.embed:
+                    out[:, j] = codes  # exact in float32 below 2**24 codes
+                    j += spec.width
+                    continue
                 block = out[:, j : j + spec.width]
                 block[:] = 0.0
                 block[np.arange(len(frame)), codes] = 1.0
@@ -404,8 +543,8 @@ class Preprocessor:
             return
         widest = max(self.columns, key=lambda c: c.width if c.kind == "categorical" else 0)
         if widest.kind == "categorical" and widest.width > 100:
-            fix = (f"column {widest.name!r} alone has {widest.width:,} one-hot inputs: lower --max-categories "
-                   "(max_categories) or drop that column")
+            fix = (f"column {widest.name!r} alone has {widest.width:,} one-hot inputs: embed it with --onehot-max "
+                   f"{PARAM['onehot_max'].default} (onehot_max), lower --max-categories (max_categories) or drop that column")
         else:
             fix = "encode fewer rows at a time, or use fewer columns"
         raise TorchclfError(
@@ -451,10 +590,14 @@ class Preprocessor:
                 positions.append(j)
             j += spec.width
         missing = ~np.isfinite(values)
-        medians, means, scales = (np.array([getattr(s, a) for s in specs]) for a in ("median", "mean", "scale"))
-        with np.errstate(over="ignore"):
-            z = (np.where(missing, medians, values) - means) / scales
-        out[:, positions] = np.clip(z, -MAX_SCALED, MAX_SCALED)
+        medians, means, scales, clips = (np.array([getattr(s, a) for s in specs])
+                                         for a in ("median", "mean", "scale", "clip"))
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = np.clip((np.where(missing, medians, values) - means) / scales, -MAX_SCALED, MAX_SCALED)
+        clipped = clips > 0
+        if clipped.any():
+            z[:, clipped] = _smooth_clip(z[:, clipped], clips[clipped])
+        out[:, positions] = z
         flagged = [k for k, spec in enumerate(specs) if spec.missing_indicator]
         if flagged:
             out[:, [positions[k] + 1 for k in flagged]] = missing[:, flagged]
@@ -467,9 +610,11 @@ class Preprocessor:
         values of a numeric column that are not numbers get the training median
         (when they are most of the column, :meth:`transform` refuses instead).
         """
+        dates = self.plan.notes(frame)  # read before the parts replace the text they come from
+        frame = self.plan.apply(frame, "input")
         lookup = _column_lookup(frame, "input")
-        used = set(self.feature_names) | {str(c) for c in ignore}
-        notes = []
+        used = set(self.feature_names) | {c.name for c in self.columns} | {str(c) for c in ignore}
+        notes = dates
         extra = [name for name in lookup if name not in used]
         if extra:
             shown = ", ".join(map(repr, extra[:10])) + (" ..." if len(extra) > 10 else "")
@@ -499,7 +644,10 @@ class Preprocessor:
         return {
             "max_categories": self.max_categories,
             "numeric_text_ratio": self.numeric_text_ratio,
+            "scaling": self.scaling,
+            "onehot_max": self.onehot_max,
             "columns": [vars(c) for c in self.columns],
+            "plan": self.plan.to_dict(),
         }
 
     @classmethod
@@ -511,8 +659,15 @@ class Preprocessor:
         _expect(_is_number(ratio) and 0 <= ratio <= 1, "preprocess.numeric_text_ratio", "a number in [0, 1]")
         columns = d.get("columns")
         _expect(isinstance(columns, list) and len(columns) > 0, "preprocess.columns", "a non-empty list")
-        pre = cls(int(max_categories), float(ratio))
+        scaling, onehot_max = d.get("scaling", "standard"), d.get("onehot_max")  # absent before 0.2
+        _expect(scaling in SCALINGS, "preprocess.scaling", f"one of {', '.join(SCALINGS)}")
+        _expect(onehot_max is None or _is_int(onehot_max) and onehot_max >= 1, "preprocess.onehot_max",
+                "a positive integer or null")
+        pre = cls(int(max_categories), float(ratio), scaling, onehot_max)
         pre.columns = [_column_from_dict(c, i) for i, c in enumerate(columns)]
+        # A manifest from before the column plan: every column as it was, nothing dropped, no dates.
+        pre.plan = ColumnPlan.from_dict(d["plan"]) if "plan" in d else ColumnPlan()
+        pre.plan.check_outputs([c.name for c in pre.columns])
         names = pre.feature_names
         _expect(len(set(names)) == len(names), "preprocess.columns", "unique column names")
         return pre

@@ -65,8 +65,10 @@ class Served:
         if backend not in BACKENDS:
             raise TorchclfError(f"serve --backend {backend}: expected one of {', '.join(BACKENDS)}")
         self.name, self.predictor = name, predictor
-        self.features = [(c.name, "number" if c.kind == "numeric" else "string")
-                         for c in predictor.preprocessor.columns]
+        dates = predictor.preprocessor.plan.sources()  # a date's parts -> the date column, sent as text
+        self.features = list(dict.fromkeys(
+            (dates.get(c.name, c.name), "number" if c.kind == "numeric" and c.name not in dates else "string")
+            for c in predictor.preprocessor.columns))
         self.classes = list(predictor.classes)
         self.session, self.backend, self.note = None, "torch", ""
         if backend != "torch":
@@ -76,8 +78,13 @@ class Served:
     def _probe(self) -> dict[str, np.ndarray]:
         """Four rows that reach every path: typical, far out, missing, unseen category."""
         columns = {}
+        plan = self.predictor.preprocessor.plan
+        dates = plan.sources()
         for c in self.predictor.preprocessor.columns:
-            if c.kind == "numeric":
+            if c.name in dates:  # a part of a date column: the column itself, as text
+                text = plan.example(dates[c.name])
+                columns[dates[c.name]] = np.array([text, text, None, "never a date"], dtype=object)
+            elif c.kind == "numeric":
                 columns[c.name] = np.array([c.median, c.mean + 3 * c.scale, np.nan, c.mean - 1e9 * c.scale])
             else:
                 known = c.categories or ["?"]
@@ -118,8 +125,13 @@ class Served:
         """Feature names, types and known categories, the classes, and an example request."""
         pre, task = self.predictor.preprocessor, self.predictor.task
         features, example = [], {}
+        dates = pre.plan.sources()
         for c in pre.columns:
-            if c.kind == "numeric":
+            if c.name in dates:  # a date column is sent as text, as in training
+                if dates[c.name] not in example:
+                    features.append({"name": dates[c.name], "type": "string", "format": "date"})
+                    example[dates[c.name]] = pre.plan.example(dates[c.name])
+            elif c.kind == "numeric":
                 features.append({"name": c.name, "type": "number"})
                 example[c.name] = c.median
             else:  # a missing value is sent as null, not as the "<missing>" category it is kept as

@@ -54,7 +54,8 @@ SHAPE = ("width", "depth")
 # calibration and the threshold come after training and leave the validation loss as it is; the others
 # change where and how fast a run trains, not the model.
 NOT_SEARCHED = {p.name for p in PARAMS if p.shared} | {"class_weight", "calibration", "threshold", "device",
-                                                       "threads", "log_every", "compile", "precision"}
+                                                       "threads", "log_every", "compile", "precision",
+                                                       "drop"}  # which columns to use is the data's, not a search's
 # Seconds between a running trial's heartbeats in the database; a trial silent for GRACE_BEATS of them
 # belongs to a process that died, and is marked failed so that its place in the study is freed.
 HEARTBEAT_SECONDS = 5

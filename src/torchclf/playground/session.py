@@ -846,7 +846,7 @@ class Run:
         config = run_config(settings, epochs=epochs)
         # The network the saved settings describe, holding the trained weights in their order: a dropout
         # changed during training adds (or drops) Dropout modules, which shifts the layers' names.
-        model = build_model(p.preprocessor.n_outputs, p.task.n_outputs, config.model)
+        model = build_model(p.preprocessor.layout(), p.task.n_outputs, config.model)
         model.load_state_dict(dict(zip(model.state_dict(), weights, strict=True)))
         model.eval()
         predictor = Predictor(model, p.task, p.preprocessor, p.labels, config,

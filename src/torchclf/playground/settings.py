@@ -49,8 +49,10 @@ TABLE_SETTINGS: tuple[Param, ...] = tuple(
     p for p in PARAMS if p.page is not None or p.name in ("activation", "optimizer"))
 
 # What every page run fixes: no validation part (the page shows train and test
-# only), and the CPU with one thread, so that tabs share the machine fairly.
-FIXED = {"validation_size": 0.0, "device": "cpu", "threads": 1}
+# only), the CPU with one thread, so that tabs share the machine fairly, and the
+# tutorial's plain inputs (each feature straight into the first layer, whose
+# neurons the page draws over the plane).
+FIXED = {"validation_size": 0.0, "device": "cpu", "threads": 1, "numeric_embedding": "none"}
 
 # Settings a running model takes at its next step (the optimizer and batch size
 # at its next epoch), through a callback of the running engine: no new network.
