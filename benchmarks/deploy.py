@@ -11,6 +11,9 @@
    percentiles), then 10,000-row batch requests one at a time (rows/s); with
    the server's CPU time per request, which a busy machine inflates less than
    the wall clock. Both backends (onnxruntime and torch) unless ``--backends``.
+   Before each server, where a 10,000-row request's time goes, step by step
+   in this process (reading the body, predicting, writing the answer; CPU
+   time), with orjson and with the standard library.
 
     OMP_NUM_THREADS=1 python -m benchmarks.deploy            # about a minute on 2 cores
     OMP_NUM_THREADS=1 python -m benchmarks.deploy --quick    # fewer tables and requests
@@ -152,7 +155,8 @@ def post_many(url: str, path: str, body: bytes, requests: int, concurrency: int)
     return [t for times, _ in results for t in times], sum(e for _, e in results), wall
 
 
-def server_load(run: Path, requests: int, batches: int, backend: str) -> dict:
+def request_bodies(run: Path) -> tuple[bytes, bytes, bytes]:
+    """One test row as records; 10,000 test rows (drawn with replacement) as columns and as records."""
     import pandas as pd
 
     import torchclf
@@ -165,21 +169,58 @@ def server_load(run: Path, requests: int, batches: int, backend: str) -> dict:
     lists = {str(c): [None if pd.isna(v) else v for v in big[c].tolist()] for c in big.columns}
     columns = json.dumps({"columns": lists}).encode()
     records = json.dumps({"records": [dict(zip(lists, row)) for row in zip(*lists.values())]}).encode()
+    return one, columns, records
+
+
+def batch_stages(run: Path, backend: str, repeats: int) -> dict:
+    """Where a 10,000-row request's server time goes, in this process: median CPU ms of each step, with
+    orjson and with the standard library (``serve`` takes orjson when it is installed)."""
+    from torchclf import serve
+
+    served = serve.load_models({"run": run}, backend)["run"]
+    _, columns, records = request_bodies(run)
+
+    def cpu_ms(step) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            step()
+            times.append(time.process_time() - t0)
+        return round(float(np.median(times)) * 1e3, 2)
+
+    out = {"backend": served.backend, "orjson": serve._orjson() is not None}
+    for name, body in (("columns", columns), ("records", records)):
+        out[f"{name}_read_ms"] = cpu_ms(lambda body=body: serve.read_columns(served, body))
+        out[f"{name}_read_stdlib_ms"] = cpu_ms(lambda body=body: serve.request_columns(served, serve.parse_body(body)))
+    table = serve.read_columns(served, columns)
+    out["predict_ms"] = cpu_ms(lambda: served.predict(table))
+    result = serve.answer(served, table)
+    out["encode_ms"] = cpu_ms(lambda: serve.encode(result))
+    out["encode_stdlib_ms"] = cpu_ms(lambda: json.dumps({**result, "probabilities": result["probabilities"].tolist()},
+                                                        ensure_ascii=False, separators=(",", ":")).encode())
+    return out
+
+
+def server_load(run: Path, requests: int, batches: int, backend: str) -> dict:
+    one, columns, records = request_bodies(run)
     proc, url = start_server(run, backend)
     try:
+        out = {"load_average_1min_at_start": round(os.getloadavg()[0], 2)}
         post_many(url, "/predict", one, 200, 8)  # warm up
         cpu = cpu_seconds(proc.pid)
         latencies, errors, wall = post_many(url, "/predict", one, requests, 8)
-        out = {"requests": requests, "errors": errors, "p50_ms": float(np.percentile(latencies, 50)) * 1e3,
+        out |= {"requests": requests, "errors": errors, "p50_ms": float(np.percentile(latencies, 50)) * 1e3,
                "p99_ms": float(np.percentile(latencies, 99)) * 1e3, "requests_per_s": requests / wall,
                "server_cpu_ms_per_request": (cpu_seconds(proc.pid) - cpu) / requests * 1e3,
-               "batch_rows": len(big), "batches": batches}
+               "batch_rows": 10_000, "batches": batches}
         for name, body in (("columns", columns), ("records", records)):
             post_many(url, "/predict", body, 1, 1)
             cpu = cpu_seconds(proc.pid)
             times, errors, wall = post_many(url, "/predict", body, batches, 1)
-            out[f"{name}_rows_per_s"] = len(big) * batches / wall
-            out[f"{name}_rows_per_server_cpu_s"] = len(big) * batches / (cpu_seconds(proc.pid) - cpu)
+            used = cpu_seconds(proc.pid) - cpu
+            out[f"{name}_rows_per_s"] = 10_000 * batches / wall
+            out[f"{name}_rows_per_server_cpu_s"] = 10_000 * batches / used
+            out[f"{name}_server_cpu_ms_per_batch"] = used / batches * 1e3
             out[f"{name}_batch_ms_median"] = float(np.median(times)) * 1e3
             out[f"{name}_body_mib"] = len(body) / 2**20
             out["errors"] += errors
@@ -211,6 +252,7 @@ def main(argv=None) -> int:
         latency = onnx_latency(runs["mixed"], folder / "mixed.onnx", calls)
         print(json.dumps({"single_row": latency}))
         for backend in args.backends.split(","):
+            print(json.dumps({f"stages ({backend})": batch_stages(runs["mixed"], backend, batches)}))
             print(json.dumps({f"server ({backend})": server_load(runs["mixed"], requests, batches, backend)}))
     return 0
 

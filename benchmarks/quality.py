@@ -285,11 +285,32 @@ def run_torchclf(dataset, splits, seed: int, flags: str | None) -> dict:
     predictor = result.predictor
     proba = predictor.predict_proba(test.features)
     chosen = predictor.predict_indices(test.features)
+    extra = {**times, **calibration_and_export(result)}
     if test.multilabel:
         order = [predictor.classes.index(c) for c in test.target.columns]
-        return {**score(test.target, proba[:, order], chosen[:, order], None), **times}
+        return {**score(test.target, proba[:, order], chosen[:, order], None), **extra}
     classes = np.asarray(predictor.classes, dtype=object)
-    return {**score(test.target, proba, classes[chosen], classes), **times}
+    return {**score(test.target, proba, classes[chosen], classes), **extra}
+
+
+def calibration_and_export(result) -> dict:
+    """The test rows' expected calibration error before and after the run's calibration, and how far the
+    ONNX export's probabilities (onnxruntime) are from the predictor's on those rows (None: not exported)."""
+    from torchclf.errors import TorchclfError
+
+    calibration = result.metrics["test"]["calibration"]
+    out = {"ece_uncalibrated": calibration["uncalibrated"]["ece"],
+           "ece_calibrated": calibration.get("calibrated", calibration["uncalibrated"])["ece"],
+           "onnx_max_difference": None, "onnx_label_mismatches": None, "onnx_note": None}
+    try:
+        from torchclf import export
+
+        checked = export.check(result.predictor, export.to_onnx(result.predictor), result.splits.test.features)
+    except (TorchclfError, ImportError) as exc:
+        out["onnx_note"] = str(exc).splitlines()[0][:200]
+    else:
+        out.update(onnx_max_difference=checked.max_difference, onnx_label_mismatches=checked.label_mismatches)
+    return out
 
 
 def warm_up(model: str, variants: dict) -> None:
@@ -370,6 +391,22 @@ def summary_line(row: Row) -> str:
     return f"- {row.name}: " + "; ".join(parts)
 
 
+def calibration_line(row: Row) -> str:
+    """One table's row of the calibration and export table (``-`` where results predate those fields)."""
+    rs = [r for r in row.results.get("torchclf", []) if "ece_uncalibrated" in r]
+    if not rs:
+        return f"| {row.name} | - | - | - | - | - |"
+    raw, cal = (float(np.mean([r[k] for r in rs])) for k in ("ece_uncalibrated", "ece_calibrated"))
+    lowered = sum(r["ece_calibrated"] < r["ece_uncalibrated"] for r in rs)
+    diffs = [r["onnx_max_difference"] for r in rs if r["onnx_max_difference"] is not None]
+    if diffs:
+        onnx = f"{max(diffs):.1e}"
+        mismatches = str(sum(r["onnx_label_mismatches"] for r in rs if r["onnx_label_mismatches"] is not None))
+    else:
+        onnx, mismatches = "not exported: " + str(next((r["onnx_note"] for r in rs if r["onnx_note"]), "")), "-"
+    return f"| {row.name} | {raw:.4f} | {cal:.4f} | {lowered} of {len(rs)} seeds | {onnx} | {mismatches} |"
+
+
 def markdown(rows: list[Row], models: list[str], seeds: list[int], notes: list[str], facts: str) -> str:
     """The tables and summary lines written into docs/quality.md."""
     def head(first):
@@ -390,7 +427,8 @@ def markdown(rows: list[Row], models: list[str], seeds: list[int], notes: list[s
         return [m for m, v in means.items() if v == top]
 
     def accuracy(rs):
-        return f"{np.mean([r['accuracy'] for r in rs]):.4f} ({np.min([r['accuracy'] for r in rs]):.4f})"
+        text = f"{np.mean([r['accuracy'] for r in rs]):.4f} ({np.min([r['accuracy'] for r in rs]):.4f})"
+        return text if len(rs) == len(seeds) else f"{text} [{len(rs)} seed{'s' if len(rs) > 1 else ''}]"
 
     def seconds(rs):
         return f"{np.mean([r['seconds'] for r in rs]):.2f} ({np.mean([r['cpu_seconds'] for r in rs]):.2f})"
@@ -415,6 +453,13 @@ def markdown(rows: list[Row], models: list[str], seeds: list[int], notes: list[s
     out += head(["table", "rows"])
     out += [f"| {r.name} | {r.rows:,} | " + " | ".join(cells(r, seconds)) + " |" for r in rows]
     out += ["", "### torchclf's defaults against the targets", ""] + [summary_line(r) for r in rows]
+    out += ["", f"### torchclf: calibration and ONNX export, mean over {seed_text}", "",
+            ("Expected calibration error on the test rows of the network's own probabilities and of the "
+             "calibrated ones (temperature on the validation rows), and the largest difference between the "
+             "ONNX export's probabilities (onnxruntime) and the predictor's on the test rows."), "",
+            "| table | ECE, network | ECE, calibrated | calibration lowers ECE | ONNX max difference | label mismatches |",
+            "|" + " --- |" * 6]
+    out += [calibration_line(r) for r in rows]
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     out += ["", facts]
@@ -459,6 +504,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rerun", action="append", default=[], metavar="MODEL",
                         help="recompute this model's results instead of reading them (torchclf, torchclf:NAME, ...)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"the results file (default: {RESULTS.relative_to(ROOT)})")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="fit nothing: report the cached results (a cell with fewer seeds says how many)")
     parser.add_argument("--write", action="store_true", help="write the tables into docs/quality.md")
     parser.add_argument("--doc", type=Path, default=DOC, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -507,6 +554,8 @@ def main(argv=None) -> int:
                 cached = results.get(key)
                 fresh = cached is not None and model not in args.rerun and (
                     model not in fingerprints or cached.get("recipe") == fingerprints[model])
+                if not fresh and args.cached_only:
+                    continue
                 if not fresh:
                     try:
                         if model not in warm:
@@ -537,7 +586,8 @@ def main(argv=None) -> int:
     packages = {CONTENDERS[m].package: v for m, v in available.items() if m in CONTENDERS and v}
     versions = ", ".join(f"{ {'sklearn': 'scikit-learn'}.get(p, p)} {v}" for p, v in packages.items())
     dates = sorted(r["date"] for row in report for rs in row.results.values() for r in rs) or ["-"]
-    facts = (f"Measured with `OMP_NUM_THREADS=1 python benchmarks/quality.py --seeds {args.seeds}` "
+    command = f"--seeds {args.seeds}" + (" --cached-only" if args.cached_only else "")
+    facts = (f"Measured with `OMP_NUM_THREADS=1 python benchmarks/quality.py {command}` "
              f"(results cached in `{args.results.name}`, measured {dates[0]} to {dates[-1]}), "
              f"torchclf {torchclf.__version__} "
              f"(recipe {fingerprints.get('torchclf', '-')}), {versions}, torch {info['torch']}, "

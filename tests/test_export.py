@@ -300,13 +300,27 @@ def test_recipe_inputs_match_the_predictor_far_out_missing_and_unseen(recipe_run
 
     model = export.to_onnx(predictor)
     ops = {n.op_type for n in model.graph.node}
-    assert {"Cos", "Sin", "MatMul", "Transpose"} <= ops and ("Sqrt" in ops) == (scaling == "robust")
+    assert {"Cos", "Sin", "MatMul"} <= ops and ("Sqrt" in ops) == (scaling == "robust")
     assert_same(predictor, rows, model)
     assert_same(predictor, export.with_gaps(predictor, rows), model)
     result = export.check_rows(predictor, model, rows)
     assert (result.rows, result.label_mismatches, result.ok) == (120, 0, True)
     labels, proba = run_graph(predictor, rows.iloc[:0], model)
     assert labels.shape == (0,) and proba.shape == (0, 3)
+
+
+def test_periodic_embeddings_of_many_columns_are_one_batched_matmul(recipe_runs, monkeypatch):
+    """Up to export.BLOCK_DIAGONAL_COLUMNS numeric columns share one block-diagonal weight; more take a batched
+    MatMul between two Transposes. The same answers either way."""
+    predictor = recipe_runs["standard"]
+    rows = export.with_gaps(predictor, far_out(table(n=60, seed=11)[FEATURES]))
+    block = export.to_onnx(predictor)
+    assert "Transpose" not in {n.op_type for n in block.graph.node}
+    monkeypatch.setattr(export, "BLOCK_DIAGONAL_COLUMNS", 2)  # the run has 3 numeric columns
+    batched = export.to_onnx(predictor)
+    assert "Transpose" in {n.op_type for n in batched.graph.node}
+    np.testing.assert_allclose(assert_same(predictor, rows, batched)[1], assert_same(predictor, rows, block)[1],
+                               rtol=0, atol=1e-6)
 
 
 def test_each_colour_code_gets_its_own_embedding_in_the_graph(recipe_runs):

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http.client import HTTPConnection
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -169,6 +170,137 @@ def test_no_rows_give_empty_lists(single):
     address, _, _ = single
     assert call(address, "POST", "/predict", {"records": []})[1]["labels"] == []
     assert call(address, "POST", "/predict", {"columns": {n: [] for n in FEATURES}})[1]["probabilities"] == []
+
+
+needs_orjson = pytest.mark.skipif(not installed("orjson"), reason="orjson is not installed")
+
+
+def canonical(text: bytes) -> str:
+    """JSON text -> the standard library's text of its values (floats exactly, -0.0 kept): equal iff the values are."""
+    return json.dumps(json.loads(text))
+
+
+@needs_orjson
+def test_orjson_answers_hold_the_same_values_as_the_standard_librarys(single, monkeypatch):
+    """Both readings and writings of the same requests, over HTTP; 300 rows go through the worker thread."""
+    address, _, _ = single
+    bodies = []
+    for rows in (query_rows(), table(n=300, seed=5)[FEATURES]):
+        records = json_rows(rows)
+        bodies += [json.dumps({"records": records}).encode(),
+                   json.dumps({"columns": {n: [r[n] for r in records] for n in FEATURES}}).encode()]
+    assert serve._orjson() is not None
+
+    def answers() -> list[str]:
+        out = []
+        for body in bodies:
+            conn = HTTPConnection(*address, timeout=30)
+            conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert (response.status, response.getheader("content-type")) == (200, "application/json")
+            out.append(canonical(response.read()))
+            conn.close()
+        return out
+
+    fast = answers()
+    monkeypatch.setattr(serve, "_orjson", lambda: None)
+    assert fast == answers()
+    assert [len(json.loads(a)["labels"]) for a in fast] == [12, 12, 300, 300]
+
+
+def columns_or_error(read) -> tuple:
+    """What reading a body gives: each column's dtype and values (as repr), or the error's status, field and text."""
+    try:
+        columns = read()
+    except serve.BadRequest as exc:
+        return exc.status, exc.field, exc.message
+    return {name: (str(a.dtype), [repr(v) for v in a.tolist()]) for name, a in columns.items()}
+
+
+@needs_orjson
+@pytest.mark.parametrize("body", [
+    # orjson refuses 1e400, which the standard library reads as infinity (a missing value here)
+    b'{"records": [{"x1": 1e400, "total amount": -1e400, "color": "red"}]}',
+    # integers beyond 64 bits, which orjson reads as floats: the same numbers, but another text
+    b'{"records": [{"x1": 18446744073709551616, "total amount": -9223372036854775809, "color": 18446744073709551616}]}',
+    b'{"columns": {"x1": [2.5, 1], "total amount": [1, null], "color": ["red", -12345678901234567890123]}}',
+    b'{"records": [{"x1": 1, "total amount": 2, "color": [18446744073709551616]}]}',  # quoted in the error
+    '\ufeff{"records": [{"x1": 1, "total amount": 2, "color": "red"}]}'.encode(),  # a byte-order mark
+    '{"records": [{"x1": 1, "total amount": 2, "color": "\u00e9t\u00e9"}]}'.encode("utf-16"),
+    b'{"records": [{"x1": 1, "total amount": 2, "color": "\\ud800"}]}',  # a lone surrogate
+    b'{"records": [{"x1": 1, "total amount": 2, "color": 7, "color": "red"}]}',  # a repeated key: the last
+    b'{"records": [{"x1": NaN, "total amount": 2, "color": "red"}]}',
+    b'{"records": [{"x1": 1' + b"0" * 400 + b', "total amount": 2, "color": "red"}]}',
+    b'{"columns": {"x1": [1, "2"], "total amount": [1, 2], "color": ["a", true]}}',
+    b'{"columns": {"x1": [0.1, -0.0, 5e-324, 1e-7], "total amount": [3, null, 4, 5], "color": [1.5, null, false, "x"]}}',
+    b"[" * 1100 + b"]" * 1100,
+])
+def test_a_body_reads_as_the_standard_library_reads_it(folders, body):
+    served = serve.load_models({"bin": folders["bin"]}, backend="torch")["bin"]
+    expected = columns_or_error(lambda: serve.request_columns(served, serve.parse_body(body)))
+    assert columns_or_error(lambda: serve.read_columns(served, body)) == expected
+
+
+@pytest.mark.parametrize("features", [[("x1", "number")], [("x1", "number"), ("color", "string")]])
+def test_records_read_as_columns_with_one_feature_or_several(features):
+    served = SimpleNamespace(features=features)  # all that reading a request needs of a served model
+    records = [{"x1": 1.5, "color": "red", "extra": 1}, {"color": 7, "x1": None}, {"x1": 3, "color": None}]
+    columns = {name: [r[name] for r in records] for name, _ in features}
+    expected = {"x1": ("float64", ["1.5", "nan", "3.0"]), "color": ("object", ["'red'", "7", "None"])}
+    expected = {name: expected[name] for name, _ in features}
+    assert columns_or_error(lambda: serve.request_columns(served, {"records": records})) == expected
+    assert columns_or_error(lambda: serve.request_columns(served, {"columns": columns})) == expected
+    assert columns_or_error(lambda: serve.request_columns(served, {"records": records + [[]]})) == (
+        422, "records[3]", "expected an object of feature name -> value")
+    assert columns_or_error(lambda: serve.request_columns(served, {"records": [{"x1": "a"}, {}]})) == (
+        422, "records[1].x1", "missing feature; give null for a missing value")
+
+
+@needs_orjson
+def test_an_ordinary_body_is_read_by_orjson_alone(folders, monkeypatch):
+    served = serve.load_models({"bin": folders["bin"]}, backend="torch")["bin"]
+    body = json.dumps({"records": json_rows(query_rows())}).encode()
+    expected = columns_or_error(lambda: serve.request_columns(served, serve.parse_body(body)))
+
+    def refuse(body):
+        raise AssertionError("the standard library read the body")
+
+    monkeypatch.setattr(serve, "parse_body", refuse)
+    assert columns_or_error(lambda: serve.read_columns(served, body)) == expected
+
+
+@pytest.mark.parametrize("fast", [pytest.param(True, marks=needs_orjson), False])
+def test_encode_writes_the_values_jsonresponse_writes_for_the_lists(fast, monkeypatch):
+    """The old answer was JSONResponse(content with probabilities.tolist()): the same values, whichever writes it."""
+    from starlette.responses import JSONResponse
+
+    if not fast:
+        monkeypatch.setattr(serve, "_orjson", lambda: None)
+    small = np.array([[1e-6, 1 - 1e-6], [0.3, 0.7]], dtype=np.float32)
+    contents = [
+        {"model": "m", "classes": ["no", "yes"], "labels": ["yes", "no"], "probabilities": small},
+        {"model": "m", "classes": [0, 2**70], "labels": [2**70], "probabilities": small[:1]},  # orjson refuses
+        {"model": "m", "classes": ["null", "x"], "labels": ["null"], "probabilities": np.array([[5e-324, 1.0]])},
+        {"model": "\u00e9", "classes": [True, False], "labels": [False], "probabilities": np.array([[1.5e300, -0.0]])},
+        {"model": "m", "classes": ["a\u2028b", "</script>", 3.5], "labels": ["</script>"],
+         "probabilities": np.asfortranarray(np.array([[0.1, 0.2, 0.7]], dtype=np.float32))},
+        {"model": "m", "classes": ["a", "b"], "labels": [], "probabilities": np.zeros((0, 2), dtype=np.float32)},
+        {"model": "m", "classes": ["a", "b"], "labels": ["a", "b"], "probabilities": small[:, ::-1]},  # a view
+    ]
+
+    def before(content) -> bytes:
+        return JSONResponse({**content, "probabilities": content["probabilities"].tolist()}).body
+
+    for content in contents:
+        assert canonical(serve.encode(content)) == canonical(before(content))
+    # orjson wrote it (9.999999974752427e-7, not e-07), or the standard library, byte for byte as before
+    assert (serve.encode(contents[0]) == before(contents[0])) is not fast
+    for bad in (np.nan, np.inf):  # refused as before (the server answers 500)
+        content = {**contents[0], "probabilities": np.array([[bad, 0.5]], dtype=np.float32)}
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            serve.encode(content)
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            before(content)
 
 
 GOOD = {"x1": 1.0, "total amount": None, "color": "red"}
