@@ -76,6 +76,16 @@ def no_pictures():
         yield
 
 
+@pytest.fixture
+def no_pictures_here(monkeypatch):
+    """``no_pictures`` for one test, where a module's other tests keep their pictures."""
+    import torchclf.api
+    import torchclf.report
+
+    monkeypatch.setattr(torchclf.api, "write_plots", lambda *a, **k: [])
+    monkeypatch.setattr(torchclf.report, "write_report", lambda *a, **k: None)
+
+
 def count_axes(monkeypatch) -> dict:
     """Record how many axes each figure saved by torchclf.plots had, by file name."""
     from torchclf import plots

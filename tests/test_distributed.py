@@ -1,14 +1,19 @@
 """Training under torchrun with gloo on the CPU: 2 processes, loopback addresses only.
 
-The slow tests launch ``python -m torch.distributed.run`` in subprocesses
-(one thread each) on tiny data; the others check the sharding and
-coordination helpers in this process, where no job is running.
+The slow tests read two jobs launched with ``python -m torch.distributed.run``
+in subprocesses (one thread each) on tiny data: two single-process launches
+meeting as two "nodes" (the API, the command line, the estimator, sharded
+Parquet, then a rank that raises), and one launch of two processes whose
+rank 1 hangs. Starting the processes costs far more than their training, so
+each job runs once and serves several tests. The other tests check the
+sharding and coordination helpers in this process, where no job is running.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -31,9 +36,27 @@ LAUNCH_TIMEOUT_S = 150
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that is free now, drawn from below the kernel's ephemeral range.
+
+    torchrun binds it a few seconds later. A port that the kernel handed out for
+    ``bind(0)`` may meanwhile go to any socket on the machine that asks for one
+    (the other pytest worker's servers and connections, torchrun's own workers);
+    a port below the ephemeral range goes only to a process that names it.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    draw = random.Random()  # from the system's entropy: two workers draw different ports
+    for _ in range(200):
+        port = draw.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
 
 
 def launch_env(**extra: str) -> dict:
@@ -56,6 +79,12 @@ def torchrun(args: list[str], nproc: int = 2, **env: str) -> tuple[subprocess.Co
 
 def output(proc) -> str:
     return proc.stdout + proc.stderr
+
+
+def failure(text: str) -> str:
+    """What a failed launch said: its lines naming an error (the workers' come first), then its last 2000 characters."""
+    errors = [line for line in text.splitlines() if "Error" in line]
+    return "\n".join(errors[:20]) + "\n...\n" + text[-2000:]
 
 
 def weights(state: dict) -> dict[str, np.ndarray]:
@@ -199,15 +228,55 @@ def pd_concat(frames):
 
 
 # ----- real jobs -----------------------------------------------------------------
+def two_launches(args: list[str], logs_to: Path) -> tuple[list[int], list[str], float]:
+    """Two torchrun launches of one process each (two "nodes" on this machine) meeting at a c10d rendezvous
+    on 127.0.0.1; returns their exit statuses, their outputs and the time (``time.time()``) both had ended."""
+    port = free_port()
+    # The first launch hosts the rendezvous store, the second connects to it (retrying until it is up):
+    # left to guess, both would try to host it on the same port at once.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=two-nodes-{port}",
+           "--local-addr=127.0.0.1"]
+    # Output to files, not pipes: waiting on one launch must not leave the other blocked on a full pipe.
+    logs = [logs_to / f"launch{i}.log" for i in range(2)]
+    nodes = []
+    try:
+        for host, log in zip((1, 0), logs):
+            with open(log, "w") as fh:
+                nodes.append(subprocess.Popen([*cmd, f"--rdzv-conf=is_host={host}", *args], stdout=fh,
+                                              stderr=subprocess.STDOUT, text=True, env=launch_env()))
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        for node in nodes:
+            node.wait(timeout=max(1.0, deadline - time.monotonic()))
+        ended = time.time()
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    return [node.returncode for node in nodes], [log.read_text() for log in logs], ended
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """The user script, 2 processes, local batch 8: per-rank dumps (the CLI test checks the run folder)."""
+    """The user script on two single-process launches ("two nodes" on this machine), local batch 8.
+
+    Each rank trains through the API and dumps its weights (and more, see distributed_script.py), runs the
+    command line with the same settings into one run folder, and then trains once more, a run in which rank 1
+    raises in epoch 2: the job ends there, with a non-zero status. One launch of two processes serves every
+    test that only reads its results: the launch, not the training, is what costs seconds.
+    """
     work = tmp_path_factory.mktemp("ddp")
+    cli_out, crash_out = tmp_path_factory.mktemp("ddp-cli"), tmp_path_factory.mktemp("ddp-crash")
     write_row_groups(work / "table.parquet", [60, 50, 50, 40])
-    proc, seconds = torchrun([str(SCRIPT), "train", str(work)])
-    assert proc.returncode == 0, output(proc)[-3000:]
-    dumps = [json.loads((work / f"rank{r}.json").read_text()) for r in range(2)]
-    return work, dumps, proc, seconds
+    codes, outs, ended = two_launches([str(SCRIPT), "train", str(work), str(cli_out / "run"), str(crash_out / "run")],
+                                      tmp_path_factory.mktemp("ddp-logs"))
+    dumps = [work / f"rank{r}.json" for r in range(2)]
+    assert all(d.is_file() for d in dumps), "\n".join(
+        f"--- launch {i} (exit {code}): its workers' errors, then its last lines\n{failure(out)}"
+        for i, (code, out) in enumerate(zip(codes, outs)))
+    job = {"codes": codes, "text": "\n".join(outs), "ended": ended, "cli_out": cli_out, "crash_out": crash_out}
+    return work, [json.loads(d.read_text()) for d in dumps], job
 
 
 @pytest.fixture(scope="module")
@@ -220,9 +289,20 @@ def single_process():
     return state, result.history
 
 
+@pytest.fixture(scope="module")
+def hung(tmp_path_factory):
+    """A single-machine job of 2 processes whose rank 1 stalls in epoch 2, after each rank wrote its thread count.
+
+    3 s of timeout: long beyond a healthy collective on this data, and the job waits it out in full.
+    """
+    work = tmp_path_factory.mktemp("hang")
+    proc, seconds = torchrun([str(SCRIPT), "hang", str(work), str(work / "run")], TORCHCLF_DIST_TIMEOUT="3")
+    return work, proc, seconds
+
+
 @pytest.mark.slow
 def test_both_ranks_end_with_identical_weights(two_ranks):
-    work, (r0, r1), _, _ = two_ranks
+    work, (r0, r1), _ = two_ranks
     assert r0["world"] == r1["world"] == 2
     assert sorted(p.name for p in work.iterdir()) == ["rank0.json", "rank1.json", "table.parquet"]
     w0, w1 = weights(r0["state"]), weights(r1["state"])
@@ -235,7 +315,7 @@ def test_both_ranks_end_with_identical_weights(two_ranks):
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process_over_the_same_global_batches(two_ranks, single_process):
-    _, (r0, _), _, _ = two_ranks
+    _, (r0, _), _ = two_ranks
     state, history = single_process
     w0 = weights(r0["state"])
     # Only the order of float additions differs (gradient averaging, loss sums).
@@ -251,7 +331,7 @@ def test_two_ranks_match_one_process_over_the_same_global_batches(two_ranks, sin
 
 @pytest.mark.slow
 def test_parquet_parts_train_one_model_with_every_rank_reading_only_its_row_groups(two_ranks):
-    _, (r0, r1), _, _ = two_ranks
+    _, (r0, r1), _ = two_ranks
     p0, p1 = r0["parquet"], r1["parquet"]
     assert (p0["rows"], p1["rows"]) == (100, 100)  # groups {0, 3} and {1, 2} of 60, 50, 50, 40 rows
     # Class "c" is only in rank 1's row groups, yet both ranks code three classes.
@@ -265,72 +345,58 @@ def test_parquet_parts_train_one_model_with_every_rank_reading_only_its_row_grou
 
 
 @pytest.mark.slow
-def test_each_rank_gets_its_share_of_the_cores(two_ranks):
-    _, dumps, _, _ = two_ranks
+def test_each_rank_gets_its_share_of_the_cores(hung):
+    """Two processes on one machine (the two launches of two_ranks each have a machine to themselves)."""
+    work, _, _ = hung
     expected = accel.thread_count(None, accel.available_cores(), 2)
-    assert [d["threads"] for d in dumps] == [expected, expected]
+    assert [int((work / f"threads-rank{r}.txt").read_text()) for r in range(2)] == [expected, expected]
 
 
 @pytest.mark.slow
 def test_estimator_works_unchanged_under_torchrun(two_ranks):
-    _, (r0, r1), _, _ = two_ranks
+    _, (r0, r1), _ = two_ranks
     if r0["estimator"] is None:
         pytest.skip("torchclf.estimator is not part of this build yet")
     np.testing.assert_array_equal(np.asarray(r0["estimator"]), np.asarray(r1["estimator"]))
 
 
 @pytest.mark.slow
-def test_two_nodes_on_one_machine_run_the_cli(tmp_path, two_ranks):
-    """Two torchrun launches, one process each, meeting at a c10d rendezvous on 127.0.0.1.
+def test_two_nodes_on_one_machine_run_the_cli(two_ranks):
+    """The command line, run by each rank of two_ranks' two launches: one report, one folder, the API's weights.
 
-    The command line runs without its pictures (about 3 s on rank 0 that nothing here checks).
+    It runs without its pictures (about 3 s on rank 0 that nothing here checks).
     """
-    _, (r0, _), _, _ = two_ranks
-    port = free_port()
-    m, t = script.MODEL, script.TRAIN
-    cli = [str(HERE / "cli_without_pictures.py"), "train", script.DATA, "--hidden", ",".join(map(str, m["hidden"])),
-           "--activation", m["activation"], "--dropout", str(m["dropout"]), "--norm", m["norm"],
-           "--epochs", str(t["epochs"]), "--optimizer", t["optimizer"], "--lr", str(t["lr"]),
-           "--weight-decay", str(t["weight_decay"]), "--schedule", t["schedule"], "--patience", str(t["patience"]),
-           "--device", t["device"], "--seed", str(t["seed"]), "--precision", t["precision"],
-           "--batch-size", str(script.LOCAL_BATCH),
-           "--out", str(tmp_path / "run"), "--quiet"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes",
-           "--local-addr=127.0.0.1", *cli]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=launch_env())
-             for _ in range(2)]
-    outs = [node.communicate(timeout=LAUNCH_TIMEOUT_S) for node in nodes]
-    text = "\n".join(o + e for o, e in outs)
-    assert [node.returncode for node in nodes] == [0, 0], text[-3000:]
-    assert text.count("run folder:") == 1, text[-3000:]  # only rank 0 reports
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # one complete folder, no partial ones
-    assert (tmp_path / "run" / "metrics.json").is_file() and (tmp_path / "run" / "history.csv").is_file()
+    _, (r0, r1), job = two_ranks
+    assert r0["cli_exit"] == r1["cli_exit"] == 0
+    cli_out = job["cli_out"]
+    assert job["text"].count("run folder:") == 1, job["text"][-3000:]  # only rank 0 reports
+    assert [p.name for p in cli_out.iterdir()] == ["run"]  # one complete folder, no partial ones
+    assert (cli_out / "run" / "metrics.json").is_file() and (cli_out / "run" / "history.csv").is_file()
     import torchclf
 
-    saved = torchclf.load(tmp_path / "run").model.state_dict()
+    saved = torchclf.load(cli_out / "run").model.state_dict()
     for name, ref in weights(r0["state"]).items():
         np.testing.assert_allclose(saved[name].numpy(), ref, rtol=0, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.slow
-def test_a_crashing_rank_stops_the_job_and_leaves_no_run_folder(tmp_path):
-    proc, seconds = torchrun([str(SCRIPT), "crash", str(tmp_path), str(tmp_path / "run")],
-                             TORCHCLF_DIST_TIMEOUT="60")
-    assert proc.returncode != 0
-    assert "injected failure on rank 1" in output(proc)
-    assert seconds < 60
-    assert not (tmp_path / "run").exists() and no_partial_folders(tmp_path, "run")
-    assert not any(tmp_path.glob("rank*.json"))
+def test_a_crashing_rank_stops_the_job_and_leaves_no_run_folder(two_ranks):
+    """two_ranks' last run: rank 1 raises in epoch 2, and both launches end, non-zero, leaving no run folder."""
+    _, _, job = two_ranks
+    crash_out = job["crash_out"]
+    assert 0 not in job["codes"], job["codes"]
+    assert "injected failure on rank 1" in job["text"]
+    began = min(float((crash_out / f"crash-start-rank{r}.txt").read_text()) for r in range(2))
+    assert job["ended"] - began < 60  # the other rank did not wait out TORCHCLF_DIST_TIMEOUT (600 s)
+    assert not (crash_out / "run").exists() and no_partial_folders(crash_out, "run")
+    assert not any(crash_out.glob("after-crash-rank*"))  # no rank went on past the failed run
 
 
 @pytest.mark.slow
-def test_a_hanging_rank_is_bounded_by_the_timeout(tmp_path):
-    # 3 s: long beyond a healthy collective on this data, and the test waits it out in full.
-    proc, seconds = torchrun([str(SCRIPT), "hang", str(tmp_path), str(tmp_path / "run")],
-                             TORCHCLF_DIST_TIMEOUT="3")
+def test_a_hanging_rank_is_bounded_by_the_timeout(hung):
+    work, proc, seconds = hung
     assert proc.returncode != 0
     text = output(proc)
     assert "rank 1 stalls in epoch 2" in text and "Timed out" in text, text[-3000:]
     assert seconds < 90, text[-3000:]
-    assert not (tmp_path / "run").exists() and no_partial_folders(tmp_path, "run")
+    assert not (work / "run").exists() and no_partial_folders(work, "run")

@@ -546,7 +546,7 @@ def cli_predictions(run, csv) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(out))
 
 
-def test_cli_run_folder_loads_as_an_estimator(csv_path, frame, tmp_path):
+def test_cli_run_folder_loads_as_an_estimator(csv_path, frame, tmp_path, no_pictures_here):
     run = tmp_path / "run"
     code, _, err = run_cli("train", str(csv_path), "--target", "label", "--out", str(run), "--epochs", "8",
                            "--hidden", "16,16", "--seed", "3", "--quiet")

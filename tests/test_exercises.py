@@ -9,6 +9,7 @@ import pytest
 from conftest import run_cli
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spec, floor, rows",
     [

@@ -358,7 +358,7 @@ def test_step_speed_pause_play_and_inspect_a_point(client):
         assert again["run"] > data["run"]
 
 
-def test_saved_run_loads_predicts_and_matches_the_command(client, runs_dir, tmp_path):
+def test_saved_run_loads_predicts_and_matches_the_command(client, runs_dir, tmp_path, no_pictures_here):
     """Trained to 7 epochs, continued to 12 on demand, saved: `torchclf train --epochs 12` gives the same weights."""
     with client.websocket_connect("/ws") as ws:
         hello(ws)
@@ -412,7 +412,7 @@ def test_saved_run_loads_predicts_and_matches_the_command(client, runs_dir, tmp_
     assert page_run.extra["playground"] == {"command_repeats_training": True, "changes": done["changes"]}
 
 
-def test_live_settings_change_the_running_model_and_the_command_says_so(client, runs_dir):
+def test_live_settings_change_the_running_model_and_the_command_says_so(client, runs_dir, no_pictures_here):
     hub = client.app.state.hub
     with client.websocket_connect("/ws") as ws:
         session = hub.sessions[hello(ws)["session"]]
@@ -520,7 +520,7 @@ def test_the_engine_hooks_the_playground_uses():
     torch.testing.assert_close(hooked, dropped(X), rtol=0, atol=0)
 
 
-def test_uploaded_csv_trains_and_saves_with_its_data_file(client, runs_dir):
+def test_uploaded_csv_trains_and_saves_with_its_data_file(client, runs_dir, no_pictures_here):
     upload = client.post("/api/upload?name=quadrants.csv", content=_csv(rows=120, seed=1)).json()
     with client.websocket_connect("/ws") as ws:
         hello(ws)

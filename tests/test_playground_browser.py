@@ -30,7 +30,8 @@ from conftest import run_cli
 from torchclf.data.builtin import load_builtin
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium")
+pytestmark = [pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium"),
+              pytest.mark.slow]
 
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -137,7 +138,7 @@ def steps_and_draws(page) -> tuple[int, int]:
                                    Number(document.body.dataset.draws || 0)]""")
 
 
-def test_the_tutorial_story_at_a_watchable_pace(context, server, tmp_path):
+def test_the_tutorial_story_at_a_watchable_pace(context, server, tmp_path, no_pictures_here):
     """Linear fails slowly enough to watch, x² and y² let it succeed, ReLU succeeds with a learning rate raised mid-run."""
     page = open_page(context, server)
     page.select_option("#dataset", "circles")

@@ -430,15 +430,15 @@ def test_a_deeply_nested_checkpoint_is_refused(tmp_path):
 # a signal sent then arrives in the middle of the write.
 SLOW_WRITER = """
 import sys, time
-import pandas as pd
+from torchclf import predict_file
 from torchclf.cli import main
-original = pd.DataFrame.to_csv
-def half_then_wait(self, target=None, *args, **kwargs):
-    original(self.iloc[: len(self) // 2], target, *args, **kwargs)
-    target.flush()
+original = predict_file._CsvSink.write
+def half_then_wait(self, table):
+    original(self, table.slice(0, len(table) // 2))
+    self.stream.flush()
     print("writing", file=sys.stderr, flush=True)
     time.sleep(120)
-pd.DataFrame.to_csv = half_then_wait
+predict_file._CsvSink.write = half_then_wait
 sys.exit(main(sys.argv[1:]))
 """
 

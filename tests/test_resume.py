@@ -72,6 +72,7 @@ def _start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_gives_the_same_weights(data, reference):
     out = data.parent / "killed"
     proc = _start(data, out, "--checkpoint-every", "2")
@@ -99,6 +100,7 @@ def test_sigkill_mid_training_then_resume_gives_the_same_weights(data, reference
     assert not folder.exists(), "checkpoints are removed once the run folder is complete"
 
 
+@pytest.mark.slow
 def test_sigkill_without_checkpoints_leaves_no_run_folder(data):
     out = data.parent / "plain"
     proc = subprocess.Popen(

@@ -39,4 +39,5 @@ def test_the_console_entry_runs_exit_handlers_then_leaves_with_the_status(tmp_pa
     assert "never reached" not in ok.stdout
     bad = subprocess.run([sys.executable, "-c", code, "train", str(tmp_path / "absent.csv")], capture_output=True,
                          text=True, timeout=120, check=False)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stdout.rstrip() == "handlers ran"
+    assert bad.returncode == 2 and bad.stdout.rstrip() == "handlers ran"
+    assert bad.stderr == f"error: {tmp_path / 'absent.csv'}: no such file (check the path)\n"

@@ -211,16 +211,25 @@ def evaluate(
 def predict(
     run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
     data: str = typer.Argument(..., help="Rows to predict: a .csv/.parquet file or a built-in dataset."),
-    out: Optional[Path] = typer.Option(None, help="CSV file to write, or - for standard output (the default)."),
+    out: Optional[Path] = typer.Option(None, help="File to write: Parquet for .parquet/.pq, else CSV; or - for "
+                                       "CSV on standard output (the default)."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold in (0, 1) for binary and multilabel "
                                               "models, instead of the one saved with the run (default 0.5)."),
+    keep: Optional[List[str]] = typer.Option(None, "--keep", metavar="COL", help="Input column to copy into the "
+                                             "output first, such as an identifier; repeat for several."),
+    label_only: bool = typer.Option(False, "--label-only", help="Write only the prediction column (and --keep's)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", metavar="K", help="Multiclass: write the K most probable "
+                                        "classes and their probabilities (top1, top1_proba, ...) instead of every "
+                                        "class's."),
+    decimals: Optional[int] = typer.Option(None, "--decimals", metavar="N",
+                                           help="Round the probabilities to N decimals."),
 ) -> None:
-    """Predict labels and probabilities for new rows, in input order."""
+    """Predict labels and probabilities for new rows, in input order, a chunk of rows at a time."""
     import os
 
-    from torchclf import api, artifact
-    from torchclf.data.sources import read_rows
+    from torchclf import api
     from torchclf.errors import TorchclfError
+    from torchclf.predict_file import Output, PredictionWriter
 
     to_stdout = out is None or str(out) == "-"
     if not to_stdout:
@@ -235,26 +244,21 @@ def predict(
             raise TorchclfError(f"--out {out}: lies inside the run folder {run}, whose files the model is; "
                                 "choose a file outside it")
     target = "standard output" if to_stdout else str(out)
-    printing = False
+    writer = None
     try:
         predictor = api.load(run)
         if threshold is not None:
             predictor.set_threshold(threshold)
-        frame = read_rows(data)
-        for note in predictor.preprocessor.input_notes(frame, ignore=predictor.target_columns):
-            warnings.warn(f"{data}: {note}")
-        result = predictor.predict_frame(frame, where=data)
-        if to_stdout:
-            printing = True
-            result.to_csv(sys.stdout, index=False)
-            return
-        # A file is replaced in one step; a pipe or a device such as /dev/null is written directly.
-        with artifact.atomic_file(out) as fh:
-            result.to_csv(fh, index=False)
+        output = Output(keep=tuple(keep or ()), label_only=label_only, top_k=top_k, decimals=decimals)
+        writer = PredictionWriter(predictor, data, output)
+        # A file is replaced in one step, when complete; a pipe or a device such as /dev/null is written directly.
+        rows = writer.write(None if to_stdout else out)
     except (KeyboardInterrupt, Terminated) as exc:
+        printing = to_stdout and writer is not None and writer.started
         what = "standard output holds only part of the predictions" if printing else f"nothing was written to {target}"
         raise (Interrupted(what) if isinstance(exc, KeyboardInterrupt) else Terminated(what)) from None
-    typer.echo(f"wrote {len(result)} predictions to {out}", err=True)
+    if not to_stdout:
+        typer.echo(f"wrote {rows} predictions to {out}", err=True)
 
 
 @app.command()

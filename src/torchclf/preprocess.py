@@ -544,7 +544,8 @@ class Preprocessor:
         widest = max(self.columns, key=lambda c: c.width if c.kind == "categorical" else 0)
         if widest.kind == "categorical" and widest.width > 100:
             fix = (f"column {widest.name!r} alone has {widest.width:,} one-hot inputs: embed it with --onehot-max "
-                   f"{PARAM['onehot_max'].default} (onehot_max), lower --max-categories (max_categories) or drop that column")
+                   f"{PARAM['onehot_max'].default} (onehot_max), lower --max-categories (max_categories) "
+                   "or drop that column")
         else:
             fix = "encode fewer rows at a time, or use fewer columns"
         raise TorchclfError(
