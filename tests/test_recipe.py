@@ -180,14 +180,6 @@ def test_tutorial_presets_keep_plain_standardised_inputs(name):
     assert PRESETS[name].data == {"scaling": "standard", "onehot_max": None}
 
 
-def test_default_run_config_takes_the_recipe_from_the_table():
-    from torchclf.config import PARAM
-
-    config = RunConfig()
-    for name in ("numeric_embedding", "embedding_dim", "scaling", "onehot_max", "batch_size", "label_smoothing"):
-        assert config.value(name) == PARAM[name].default
-
-
 # ----- refit on train + validation ----------------------------------------------------------
 def small_config(**values) -> RunConfig:
     return with_values(api.make_config(), {"hidden": (16,), "epochs": 40, "patience": 5, "seed": 3,

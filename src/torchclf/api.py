@@ -17,7 +17,7 @@ import csv
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -243,8 +243,6 @@ def refit_network(predictor: Predictor, train: engine.TensorData, validation: en
                   class_weight, verbose: bool):
     """A fresh network, seeded as the first, trained on ``train`` and ``validation`` together for the
     epochs early stopping chose, each epoch at the learning rate the first run used in it."""
-    from dataclasses import replace
-
     from torchclf.callbacks import ReplayLearningRates
 
     config = predictor.config

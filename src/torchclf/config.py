@@ -254,6 +254,11 @@ def _is_whole(value) -> bool:
         return False
 
 
+# batch_size 0 ("auto"): about this fraction of the training rows per step, as a power of two within bounds.
+# Small tables keep small, noisy steps (a regulariser); large ones get fewer, cheaper steps per epoch.
+AUTO_BATCH_FRACTION = 1 / 64
+AUTO_BATCH_LIMITS = (64, 512)
+
 # The table. Order is the order of --help.
 PARAMS: tuple[Param, ...] = (
     # the network
@@ -272,8 +277,9 @@ PARAMS: tuple[Param, ...] = (
     # training
     Param("epochs", "train", 300, "Maximum epochs.", kind="int", low=1, estimator="max_iter",
           page=(1, 10000), page_default=200),
-    Param("batch_size", "train", 0, "Rows per step; 0 chooses from the training rows (about 1/64 of them, a "
-          "power of two from 64 to 512); 'full' for full-batch.", kind="int", low=0, none="full",
+    Param("batch_size", "train", 0, "Rows per step; 0 chooses from the training rows (about "
+          f"1/{round(1 / AUTO_BATCH_FRACTION)} of them, a power of two from {AUTO_BATCH_LIMITS[0]} to "
+          f"{AUTO_BATCH_LIMITS[1]}); 'full' for full-batch.", kind="int", low=0, none="full",
           page=(1, 4096), page_default=32),
     Param("optimizer", "train", "adamw", "Optimizer.", kind="str", choices=OPTIMIZERS),
     Param("lr", "train", 1e-3, "Learning rate.", low=0.0, low_open=True, page=(1e-6, 10.0), page_default=0.01),
@@ -335,10 +341,6 @@ PARAMS: tuple[Param, ...] = (
 
 PARAM: dict[str, Param] = {p.name: p for p in PARAMS}
 
-# batch_size 0 ("auto"): about this fraction of the training rows per step, as a power of two within bounds.
-# Small tables keep small, noisy steps (a regulariser); large ones get fewer, cheaper steps per epoch.
-AUTO_BATCH_FRACTION = 1 / 64
-AUTO_BATCH_LIMITS = (64, 512)
 
 
 def batch_rows(batch_size: int | None, n_rows: int) -> int | None:

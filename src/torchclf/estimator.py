@@ -37,7 +37,7 @@ from sklearn.utils.validation import (
 
 from torchclf import api
 from torchclf.callbacks import EarlyStopping
-from torchclf.config import PARAM, PARAMS, Param, RunConfig, with_values
+from torchclf.config import AUTO_BATCH_FRACTION, AUTO_BATCH_LIMITS, PARAM, PARAMS, Param, RunConfig, with_values
 from torchclf.data import Dataset
 from torchclf.predictor import Predictor
 from torchclf.preprocess import LabelCoder
@@ -111,8 +111,9 @@ _DOC: dict[str, tuple[str | None, str]] = {
                 "dropout mask, so with dropout a sample weight of k is close to, not exactly, k copies of "
                 "the row; 0.0 makes them the same."),
     "epochs": (None, "Epochs (passes over the training rows) per call to ``fit``."),
-    "batch_size": (None, "Rows per step; 0 chooses from the training rows (about 1/64 of them, a power of two "
-                   "from 32 to 512); None trains on all rows at once."),
+    "batch_size": (None, f"Rows per step; 0 chooses from the training rows (about 1/{round(1 / AUTO_BATCH_FRACTION)} "
+                   f"of them, a power of two from {AUTO_BATCH_LIMITS[0]} to {AUTO_BATCH_LIMITS[1]}); None trains "
+                   "on all rows at once."),
     "patience": (None, "Evaluations without an improvement of at least ``tol`` after which training stops: "
                  "in the validation loss with early stopping (keeping the best weights), else in the training "
                  "loss, as MLPClassifier does. 0 never stops early."),
