@@ -192,6 +192,16 @@ def test_unseen_missing_and_unreadable_dates_at_prediction():
         pre.transform(rows.drop(columns="when"))
 
 
+def test_an_iso_date_reads_the_same_alone_or_among_dates_in_the_columns_format():
+    pre, _ = fitted(dated())
+    iso = "2024-03-05T14:30:15.25"
+    alone = pre.plan.apply(pd.DataFrame({"when": [iso], "x": [0.0]}))
+    among = pre.plan.apply(pd.DataFrame({"when": ["05/03/2024 14:30", iso], "x": [0.0] * 2}))
+    pd.testing.assert_frame_equal(alone, among.iloc[[1]].reset_index(drop=True))
+    want = expected_parts([datetime(2024, 3, 5, 14, 30, 15, 250000)])
+    np.testing.assert_allclose(alone["when__timestamp"].to_numpy(), want["timestamp"], rtol=1e-15)
+
+
 # ----- saving and loading -------------------------------------------------------------
 def mixed(n: int = 60) -> pd.DataFrame:
     return pd.concat([people(n), dated(n).rename(columns={"x": "z"})], axis=1)
@@ -285,7 +295,7 @@ def test_cli_drop_is_repeatable_and_takes_commas(table_run):
     assert "columns 'id' (a row number: " in err and "left out — pass --drop id --drop name to silence" in err
 
 
-def test_cli_predicts_a_date_model_from_raw_rows_and_export_says_it_cannot(table_run, tmp_path):
+def test_cli_predicts_a_date_model_from_raw_rows_and_exports_it(table_run, tmp_path):
     import torchclf
 
     folder, frame, _ = table_run
@@ -295,19 +305,22 @@ def test_cli_predicts_a_date_model_from_raw_rows_and_export_says_it_cannot(table
     assert code == 0, err
     expected = torchclf.load(folder / "run").predict_frame(pd.read_csv(tmp_path / "rows.csv"))
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.csv"), expected, check_dtype=False)
+    pytest.importorskip("onnxruntime")
     code, _, err = run_cli("export", str(folder / "run"), "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
-    assert code == 2 and "error: export: column 'when' holds dates, which the ONNX graph cannot read" in err
+    assert code == 0 and "checked with onnxruntime on 40 test rows" in err and "labels identical" in err, err
 
 
-def test_serve_takes_a_date_column_as_text(table_run):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_serve_takes_a_date_column_as_text(table_run, backend):
     pytest.importorskip("starlette")
+    pytest.importorskip("onnxruntime")
     import torchclf
     from torchclf import serve
 
     folder, frame, _ = table_run
     predictor = torchclf.load(folder / "run")
-    served = serve.Served("dates", predictor)
-    assert served.backend == "torch" and "holds dates" in served.note
+    served = serve.Served("dates", predictor, backend)
+    assert (served.backend, served.note) == ("onnx" if backend == "auto" else "torch", "")
     assert served.features == [("x", "number"), ("when", "string")]
     schema = served.schema("/models/dates/predict")
     assert schema["features"] == [{"name": "x", "type": "number"},
@@ -315,7 +328,7 @@ def test_serve_takes_a_date_column_as_text(table_run):
     records = frame[["x", "when"]].head(5).to_dict("records")
     labels, proba = served.predict(serve.request_columns(served, {"records": records}))
     assert labels == list(predictor.predict(frame.head(5)))
-    np.testing.assert_allclose(proba, predictor.predict_proba(frame.head(5)), rtol=1e-6)
+    np.testing.assert_allclose(proba, predictor.predict_proba(frame.head(5)), rtol=0, atol=1e-6)
 
 
 def test_cli_refuses_a_drop_that_is_no_column_or_the_target(table_run):

@@ -3,7 +3,8 @@
 The graph is built by hand with the ``onnx`` package's helper API (no
 ``torch.onnx``, which needs more packages) and repeats, operator by
 operator, what the run's own code does: :meth:`Preprocessor.transform`
-(imputation, missing flags, scaling, clipping and smooth clipping in
+(a date column's parts read from its text, as the column plan reads them;
+imputation, missing flags, scaling, clipping and smooth clipping in
 float64; one-hot with the ``<other>`` slot, or the category's code for an
 embedded column), the :class:`~torchclf.model.MLP` in eval mode (with its
 :class:`~torchclf.model.FeatureInputs`: periodic numeric embeddings and
@@ -12,13 +13,16 @@ category embeddings), and
 scaling and decision thresholds included). It has one input per raw column,
 in training order: numeric columns as float64 of shape (n,) with NaN for a
 missing value, categorical columns as strings of shape (n,) with
-``"<missing>"`` for a missing value. Its outputs are ``label``, strings of
-shape (n,) (for multilabel the positive labels joined by the run's
-separator), and ``probabilities``, float32 of shape (n, n_classes).
+``"<missing>"`` for a missing value, date columns as their text of shape
+(n,) (``"<missing>"``, or anything that is no date, a missing date). Its
+outputs are ``label``, strings of shape (n,) (for multilabel the positive
+labels joined by the run's separator), and ``probabilities``, float32 of
+shape (n, n_classes).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -30,7 +34,9 @@ import pandas as pd
 from torchclf.errors import TorchclfError
 from torchclf.preprocess import MAX_SCALED, MISSING, _as_float
 
-OPSET = 20  # StringConcat (the multilabel label text) is in opset 20: onnx>=1.15, onnxruntime>=1.17
+# StringConcat (the multilabel label text), RegexFullMatch and StringSplit (dates) are in opset 20: onnx>=1.15,
+# onnxruntime>=1.17
+OPSET = 20
 ML_OPSET = 3  # ai.onnx.ml: LabelEncoder-2 (text <-> integer codes)
 IR_VERSION = 9  # the newest IR that onnxruntime 1.17 reads
 OUTPUTS = ("label", "probabilities")
@@ -129,6 +135,12 @@ class _Graph:
         self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], domain=domain or None, **attrs))
         return out
 
+    def ops(self, op_type: str, *inputs: str, n_out: int, **attrs) -> list[str]:
+        """An operator with ``n_out`` outputs (StringSplit, Split)."""
+        outs = [self.name(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), outs, **attrs))
+        return outs
+
 
 # ----- preprocessing ---------------------------------------------------------------
 def _check_names(pre) -> None:
@@ -149,8 +161,7 @@ def _preprocess(g: _Graph, pre, dtype) -> str:
     flagged = [k for k, c in enumerate(numeric) if c.missing_indicator]
     blocks, positions = [], {}  # positions: (column, slot) -> index in the concatenation below
     if numeric:
-        axis1 = g.const(np.array([1], dtype=np.int64), "axis1")
-        columns = [g.op("Unsqueeze", c.name, axis1) for c in numeric]
+        columns = _numeric_blocks(g, pre, numeric)
         # Concat along axis 1 checks that every column has the same number of rows.
         x = g.op("Concat", *columns, axis=1) if len(columns) > 1 else columns[0]
         missing = g.op("Or", g.op("IsNaN", x), g.op("IsInf", x))
@@ -196,6 +207,25 @@ def _preprocess(g: _Graph, pre, dtype) -> str:
     return x
 
 
+def _numeric_blocks(g: _Graph, pre, numeric: list) -> list[str]:
+    """The numeric columns as float64 blocks (n, k), in order: a raw column as the graph takes it (k = 1),
+    the parts of a date column read from its text (k = its parts in a row)."""
+    part_of = {out: (d, p) for d in pre.plan.dates for out, p in zip(d.output_names(), d.parts)}
+    axis1 = g.const(np.array([1], dtype=np.int64), "axis1")
+    blocks, start = [], 0
+    while start < len(numeric):
+        if numeric[start].name not in part_of:
+            blocks.append(g.op("Unsqueeze", numeric[start].name, axis1))
+            start += 1
+            continue
+        date, end = part_of[numeric[start].name][0], start + 1
+        while end < len(numeric) and part_of.get(numeric[end].name, (None,))[0] is date:
+            end += 1
+        blocks.append(_date_parts(g, date.name, date.format, [part_of[c.name][1] for c in numeric[start:end]]))
+        start = end
+    return blocks
+
+
 def _smooth_clip(g: _Graph, z: str, clips: list[float]) -> str:
     """z / sqrt(1 + (z / clip)^2) per column of the float64 matrix ``z`` (n, n_numeric), as
     ``ColumnSpec.scale_values`` does.
@@ -207,6 +237,332 @@ def _smooth_clip(g: _Graph, z: str, clips: list[float]) -> str:
     ratio = g.op("Div", z, limits)
     root = g.op("Sqrt", g.op("Add", g.const(np.float64(1.0)), g.op("Mul", ratio, ratio)))
     return g.op("Div", z, root)
+
+
+# ----- date columns ----------------------------------------------------------------
+# A date column enters as text and leaves as the parts ColumnPlan makes of it (data/columns.py, _part_values):
+# the text is checked with a regular expression made from its strptime format, cut at the format's separators
+# (StringSplit), read as whole numbers (Cast), and the calendar is worked out in integers. A value that is not
+# such a date, or names a day that does not exist, is a missing date: NaN in every part, then the training
+# medians as for any missing number.
+# The fields read, as the digits pandas' strptime takes for each (their ranges are checked on the numbers).
+DATE_FIELDS = {"Y": "[0-9]{4}", "y": "[0-9]{2}", "m": "[0-9]{1,2}", "d": "[0-9]{1,2}", "H": "[0-9]{1,2}",
+               "M": "[0-9]{1,2}", "S": "[0-9]{1,2}", "f": "[0-9]{1,9}"}
+DATE_EXAMPLE = {"Y": "1970", "y": "70", "m": "1", "d": "1", "H": "0", "M": "0", "S": "0", "f": "0"}
+CALENDAR = ("Y", "m", "d", "H", "M", "S")  # the whole numbers every reading gives, in this order
+CALENDAR_DEFAULT = np.array([0, 1, 1, 0, 0, 0], dtype=np.int64)  # strptime's, for a field the format lacks
+CALENDAR_LOW = np.array([1, 1, 1, 0, 0, 0], dtype=np.int64)
+# Second 60 or 61 (which strptime reads as the next minute and ISO 8601 refuses) is not read: a missing date.
+CALENDAR_HIGH = np.array([9999, 12, 31, 23, 59, 59], dtype=np.int64)
+# ISO 8601 as pandas reads format="ISO8601", the part read here: a date, then optionally a time after "T" or a
+# space: two-digit hours alone, or hours and minutes, then seconds, then a fraction of a second.
+ISO_TEXT = (r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}"
+            r"(?:[T ](?:[0-9]{2}|[0-9]{1,2}:[0-9]{1,2}(?::[0-9]{1,2}(?:\.[0-9]{1,9})?)?))?")
+# Rows put before the real ones, so that every StringSplit has its full width (a time after "T" and after a
+# space) whatever the batch holds, also no rows at all.
+ISO_EXAMPLES = ("1970-01-01T00:00:00.0", "1970-01-01 00:00:00.0")
+DATES_READ = "export reads date formats made of %Y %y %m %d %H %M %S %f with text between the fields, and ISO 8601"
+LEAP_DAYS_BEFORE_1970 = 1969 // 4 - 1969 // 100 + 1969 // 400  # leap years from 1 to 1969: 477
+
+
+def _month_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Days in month m, and days of the year before it, at index m + 100 * leap (shape (200,); 0 for no month)."""
+    length, before = np.zeros(200, dtype=np.int64), np.zeros(200, dtype=np.int64)
+    for leap in (0, 1):
+        days = np.array([31, 28 + leap, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+        length[100 * leap + 1:100 * leap + 13] = days
+        before[100 * leap + 1:100 * leap + 13] = np.cumsum(days) - days
+    return length, before
+
+
+def _date_tokens(fmt: str) -> list[tuple[bool, str]]:
+    """A strptime format as (is_field, text) tokens: ``(True, "Y")`` for %Y, ``(False, "/")`` for text.
+
+    Raises
+    ------
+    ValueError
+        Saying what of the format the graph cannot read.
+    """
+    tokens, text, i = [], "", 0
+    while i < len(fmt):
+        if fmt[i] != "%":
+            text, i = text + fmt[i], i + 1
+            continue
+        code, i = fmt[i + 1:i + 2], i + 2
+        if code == "%":
+            text += "%"
+            continue
+        if code not in DATE_FIELDS:
+            raise ValueError(f"%{code} is not read" if code else "a lone % is not read")
+        if text:
+            tokens.append((False, text))
+        tokens.append((True, code))
+        text = ""
+    if text:
+        tokens.append((False, text))
+    fields = [t for is_field, t in tokens if is_field]
+    if len(set(fields)) != len(fields) or {"Y", "y"} <= set(fields):
+        raise ValueError("it gives a field twice")
+    if not {"Y", "y"} & set(fields):
+        raise ValueError("it has no year")
+    if any(a[0] and b[0] for a, b in itertools.pairwise(tokens)):
+        raise ValueError("two of its fields have no text between them")
+    if any(not is_field and any(c.isdigit() for c in t) for is_field, t in tokens):
+        raise ValueError("its text holds digits")
+    return tokens
+
+
+def _check_dates(pre) -> None:
+    """Refuse, in one line, a date column whose values the graph cannot read."""
+    for d in pre.plan.dates:
+        if d.format is None:
+            why = "training had date values, not text in a format"
+        elif d.format == "ISO8601":
+            continue
+        else:
+            try:
+                _date_tokens(d.format)
+                continue
+            except ValueError as exc:
+                why = f"format {d.format!r}: {exc}"
+        raise TorchclfError(f"export: date column {d.name!r} cannot be read by the ONNX graph ({why}); {DATES_READ}; "
+                            "predict with torchclf (or serve --backend torch), or re-train with the dates as text "
+                            "in such a format (or --drop the column)")
+
+
+def _text_pattern(text: str) -> str:
+    """A regular expression (RE2) matching ``text`` exactly: letters and digits as they are, the rest by code."""
+    return "".join(c if c.isascii() and c.isalnum() else f"\\x{{{ord(c):x}}}" for c in text)
+
+
+def _spaces(text: str) -> bool:
+    return text.strip(" ") == ""
+
+
+def _format_pattern(tokens: list[tuple[bool, str]]) -> str:
+    """The regular expression of a format's text; a separator of spaces matches any run of spaces (strptime
+    reads a space in its format as any whitespace; StringSplit's "" cuts at runs of spaces)."""
+    inner = [DATE_FIELDS[t] if is_field else " +" if 0 < k < len(tokens) - 1 and _spaces(t) else _text_pattern(t)
+             for k, (is_field, t) in enumerate(tokens)]
+    return "".join(inner)
+
+
+def _iso_shaped(tokens: list[tuple[bool, str]]) -> bool:
+    """Whether a format is ISO 8601's order and separators (%Y-%m-%d, optionally with %H, :%M, :%S, .%f after
+    "T" or spaces): what it reads, :func:`_read_iso` cuts the same way."""
+    fields = [t for is_field, t in tokens if is_field]
+    separators = [t for is_field, t in tokens if not is_field]
+    if not tokens[0][0] or not tokens[-1][0] or fields != list("YmdHMSf")[:len(fields)] or len(fields) < 3:
+        return False
+    expected = ["-", "-", None, ":", ":", "."][:len(separators)]
+    return all(s == e if e is not None else s == "T" or _spaces(s) for s, e in zip(separators, expected))
+
+
+def _take(g: _Graph, x: str, j: int) -> str:
+    """Column ``j`` of the matrix ``x`` (n, m), shape (n,)."""
+    return g.op("Gather", x, g.const(np.int64(j), "column"), axis=1)
+
+
+def _drop_rows(g: _Graph, x: str, k: int) -> str:
+    """``x`` without its first ``k`` rows (the example rows put before the real ones)."""
+    return g.op("Slice", x, g.const(np.array([k], dtype=np.int64), "start"),
+                g.const(np.array([2**62], dtype=np.int64), "end"), g.const(np.array([0], dtype=np.int64), "axis0"))
+
+
+def _split(g: _Graph, text: str, delimiter: str, maxsplit: int) -> str:
+    """Texts (n,) or (n, m) cut at their first ``maxsplit`` ``delimiter``\\ s ("": runs of spaces): one axis more,
+    as wide as the most pieces of any text (shorter rows padded with "")."""
+    return g.ops("StringSplit", text, n_out=2, delimiter=delimiter, maxsplit=maxsplit)[0]
+
+
+def _with_examples(g: _Graph, x: str, pattern: str, examples: tuple[str, ...]) -> tuple[str, str]:
+    """(matched (n,) bool, texts (len(examples) + n,)): ``examples``, then the column with every value that does
+    not match ``pattern`` replaced by the first example. Cast then reads only digits, and every StringSplit
+    has the width of the examples' pieces whatever the batch holds (no rows at all included)."""
+    matched = g.op("RegexFullMatch", x, pattern=pattern)
+    safe = g.op("Where", matched, x, g.const(np.array(examples[0], dtype=object), "date_example"))
+    return matched, g.op("Concat", g.const(np.array(examples, dtype=object), "date_examples"), safe, axis=0)
+
+
+def _numbers(g: _Graph, text: str, k: int, columns: list[int], fraction: int | None,
+             prefix: bool) -> tuple[str, str | None]:
+    """Pieces of text (k + n, m), examples first -> (the ``columns`` as int64 (n, len(columns)), the
+    ``fraction`` column as a fraction of a second (n, 1) float64 or None). ``prefix``: a "0" before each
+    number, so that a piece the text left out ("") reads as 0."""
+    from onnx import TensorProto
+
+    # The example rows leave after Cast: slicing numbers copies less than slicing text.
+    pieces = _columns(g, text, np.array(columns), "pieces")
+    if prefix:
+        pieces = g.op("StringConcat", g.const(np.array("0", dtype=object)), pieces)
+    ints = _drop_rows(g, g.op("Cast", pieces, to=TensorProto.INT64), k)
+    if fraction is None:
+        return ints, None
+    digits = g.op("StringConcat", g.const(np.array("0.", dtype=object)), _columns(g, text, np.array([fraction]),
+                                                                                   "fraction"))
+    return ints, _drop_rows(g, g.op("Cast", digits, to=TensorProto.DOUBLE), k)
+
+
+def _read_format(g: _Graph, x: str, tokens: list[tuple[bool, str]]) -> tuple[str, str, str | None]:
+    """Text dates in a strptime format (shape (n,)) -> (matched (n,) bool, the CALENDAR fields (n, 6) int64,
+    the fraction of a second (n, 1) float64 or None when the format has no %f). Rows that do not match
+    hold the example's numbers."""
+    from onnx import TensorProto
+
+    prefix = tokens[0][1] if not tokens[0][0] else ""
+    suffix = tokens[-1][1] if not tokens[-1][0] else ""
+    inner = tokens[int(bool(prefix)):len(tokens) - int(bool(suffix))]
+    fields = [t for is_field, t in inner if is_field]
+    separators = [t for is_field, t in inner if not is_field]
+    example = "".join(DATE_EXAMPLE[t] if is_field else t for is_field, t in tokens)
+    matched, rest = _with_examples(g, x, _format_pattern(tokens), (example,))
+    if prefix:
+        rest = _take(g, _split(g, rest, prefix, 1), 1)
+    # Each cut's pieces are kept whole (one Concat at the end picks the fields), the last one cut further.
+    blocks, place, width, i = [], {}, 0, 0
+    while i < len(separators):  # the fields are digits, so a separator's first place is after its field
+        run = 1
+        while i + run < len(separators) and separators[i + run] == separators[i]:
+            run += 1  # both "-" of %Y-%m-%d in one cut
+        cut = _split(g, rest, "" if _spaces(separators[i]) else separators[i], run)  # (n + 1, run + 1)
+        place.update({fields[i + k]: width + k for k in range(run + 1)})  # the last one: the rest, for now
+        blocks.append(cut)
+        width, i = width + run + 1, i + run
+        if i < len(separators) or suffix:
+            rest = _take(g, cut, run)
+    if suffix:
+        blocks.append(_split(g, rest, suffix, 1))
+        place[fields[-1]] = width
+    elif not blocks:
+        blocks.append(g.op("Unsqueeze", rest, g.const(np.array([1], dtype=np.int64), "axis1")))
+        place[fields[-1]] = 0
+    text = g.op("Concat", *blocks, axis=1) if len(blocks) > 1 else blocks[0]
+    # The CALENDAR fields in order; one the format lacks reads the year, then takes strptime's default.
+    source = ["y" if c == "Y" and "y" in fields else c for c in CALENDAR]
+    ints, fraction = _numbers(g, text, 1, [place.get(c, place[source[0]]) for c in source], place.get("f"), False)
+    present = np.array([c in fields for c in source], dtype=np.int64)
+    if not present.all():
+        ints = g.op("Add", g.op("Mul", ints, g.const(present)), g.const(CALENDAR_DEFAULT * (1 - present)))
+    if "y" in fields:  # strptime's century: 69 to 99 are 1969 to 1999, 00 to 68 are 2000 to 2068
+        early = g.op("Cast", g.op("Less", ints, g.const(np.array([69, 0, 0, 0, 0, 0], dtype=np.int64))),
+                     to=TensorProto.INT64)
+        century = g.op("Add", g.op("Mul", early, g.const(np.int64(100))),
+                       g.const(np.array([1900, 0, 0, 0, 0, 0], dtype=np.int64)))
+        ints = g.op("Add", ints, century)
+    return matched, ints, fraction
+
+
+def _read_iso(g: _Graph, x: str, pattern: str = ISO_TEXT) -> tuple[str, str, str]:
+    """Text dates in ISO 8601 (those ``pattern`` matches, shape (n,)) -> (matched (n,) bool, the CALENDAR
+    fields (n, 6) int64, the fraction of a second (n, 1) float64)."""
+    matched, rows = _with_examples(g, x, pattern, ISO_EXAMPLES)
+    ymd = _split(g, rows, "-", 2)  # 0 year, 1 month, 2 the rest
+    after = _split(g, _take(g, ymd, 2), "T", 1)  # the day (with a time after spaces), a time after "T"
+    # Each of those cut at spaces: 3 the day, 4 a time after spaces, 5 a time after "T", 6 "".
+    cut = g.op("Reshape", _split(g, after, "", 1), g.const(np.array([0, 4], dtype=np.int64), "shape"))
+    time = g.op("StringConcat", _take(g, cut, 1), _take(g, cut, 2))  # one of the two is ""
+    hms = _split(g, time, ":", 2)  # 7 hours, 8 minutes, 9 seconds with their fraction ("" where none)
+    second = _split(g, _take(g, hms, 2), ".", 1)  # 10 seconds, 11 the fraction
+    text = g.op("Concat", ymd, cut, hms, second, axis=1)
+    ints, fraction = _numbers(g, text, len(ISO_EXAMPLES), [0, 1, 3, 7, 8, 10], 11, True)
+    return matched, ints, fraction
+
+
+def _read_dates(g: _Graph, x: str, fmt: str) -> tuple[str, str | None, str]:
+    """Text dates (n,) in the column's format -> (the CALENDAR fields (n, 6) int64, the fraction of a second
+    (n, 1) float64 or None, whether the text is a date's (n, 1) bool), read as ColumnPlan's ``_read`` reads
+    them: with the format, then, for a value the format misses, as ISO 8601 ("2024-03-31" in a column of
+    "31/03/2024")."""
+    axis1 = g.const(np.array([1], dtype=np.int64), "axis1")
+    if fmt == "ISO8601":
+        matched, fields, fraction = _read_iso(g, x)
+        return fields, fraction, g.op("Unsqueeze", matched, axis1)
+    tokens = _date_tokens(fmt)
+    if _iso_shaped(tokens):  # its dates and ISO 8601's are cut the same way: one reading for both
+        matched, fields, fraction = _read_iso(g, x, f"(?:{_format_pattern(tokens)})|(?:{ISO_TEXT})")
+        return fields, fraction, g.op("Unsqueeze", matched, axis1)
+    matched, fields, fraction = _read_format(g, x, tokens)
+    iso_matched, iso_fields, iso_fraction = _read_iso(g, x)
+    chosen = g.op("Unsqueeze", matched, axis1)
+    if tokens[:2] == [(True, "Y"), (False, "-")]:
+        # Text of both shapes can be: take the format's reading only where it names a real moment, as _read does.
+        chosen = _calendar(g, fields, chosen)["valid"]
+    fields = g.op("Where", chosen, fields, iso_fields)
+    fraction = g.op("Where", chosen, fraction if fraction is not None else g.const(np.float64(0)), iso_fraction)
+    return fields, fraction, g.op("Or", chosen, g.op("Unsqueeze", iso_matched, axis1))
+
+
+def _calendar(g: _Graph, fields: str, matched: str) -> dict[str, str]:
+    """The CALENDAR fields (n, 6) int64 -> each of them, ``leap`` (1 in a leap year), ``before`` (days of the
+    year before the month) and ``valid``: (n, 1) each; valid where ``matched`` and each field is in its range,
+    the day in its month."""
+    from onnx import TensorProto
+
+    out = dict(zip(CALENDAR, g.ops("Split", fields, n_out=6, axis=1, num_outputs=6)))
+    # Gregorian: divisible by 4, not by 100 unless by 400.
+    divisible = g.op("Cast", g.op("Equal", g.op("Mod", out["Y"], g.const(np.array([4, 100, 400], dtype=np.int64))),
+                                  g.const(np.int64(0))), to=TensorProto.INT64)
+    out["leap"] = g.op("MatMul", divisible, g.const(np.array([[1], [-1], [1]], dtype=np.int64), "leap"))
+    key = g.op("Add", out["m"], g.op("Mul", out["leap"], g.const(np.int64(100))))  # a month 13 to 99: no days
+    length, before = _month_tables()
+    out["before"] = g.op("Gather", g.const(before, "days_before_month"), key, axis=0)
+    length = g.op("Gather", g.const(length, "days_of_month"), key, axis=0)
+    low, high = g.op("Sub", fields, g.const(CALENDAR_LOW)), g.op("Sub", g.const(CALENDAR_HIGH), fields)
+    inside = g.op("ReduceMin", g.op("Min", low, high), g.const(np.array([1], dtype=np.int64)), keepdims=1)
+    inside = g.op("GreaterOrEqual", inside, g.const(np.int64(0)))
+    out["valid"] = g.op("And", g.op("And", matched, inside), g.op("LessOrEqual", out["d"], length))
+    return out
+
+
+def _date_parts(g: _Graph, x: str, fmt: str, parts: list[str]) -> str:
+    """The text dates ``x`` (n,) -> float64 (n, len(parts)) of their ``parts`` (names from PARTS), as
+    ``_part_values`` computes them; NaN in every part of a row without a date."""
+    from onnx import TensorProto
+
+    fields, fraction, matched = _read_dates(g, x, fmt)
+    c = _calendar(g, fields, matched)
+
+    def int64(v) -> str:
+        return g.const(np.int64(v))
+
+    dayofyear = g.op("Add", c["before"], c["d"])
+    # Days since 1970-01-01: 365 a year, one more per leap year from year 1 to the year before, the day of the year.
+    leap_years = g.op("MatMul", g.op("Div", g.op("Sub", c["Y"], int64(1)), g.const(np.array([4, 100, 400],
+                                                                                           dtype=np.int64))),
+                      g.const(np.array([[1], [-1], [1]], dtype=np.int64), "leap"))
+    days = g.op("Add", g.op("Add", g.op("Mul", c["Y"], int64(365)), leap_years),
+                g.op("Add", dayofyear, int64(-(365 * 1970 + LEAP_DAYS_BEFORE_1970 + 1))))
+    weekday = g.op("Mod", g.op("Add", days, int64(3)), int64(7))  # 1970-01-01 was a Thursday; Monday is 0
+    clock = g.op("MatMul", fields, g.const(np.array([[0, 0], [0, 0], [0, 0], [60, 3600], [1, 60], [0, 1]],
+                                                    dtype=np.int64), "clock"))
+    minutes, seconds = g.ops("Split", clock, n_out=2, axis=1, num_outputs=2)  # since midnight
+    # The timestamp from whole microseconds, as numpy's datetime64[us] (which cuts nanoseconds off).
+    micro = g.op("Add", g.op("Mul", days, int64(86_400_000_000)), g.op("Mul", seconds, int64(1_000_000)))
+    if fraction is not None:
+        scaled = g.op("Add", g.op("Mul", fraction, g.const(np.float64(1e6))), g.const(np.float64(1e-6)))
+        micro = g.op("Add", micro, g.op("Cast", g.op("Floor", scaled), to=TensorProto.INT64))
+    timestamp = g.op("Div", g.op("Cast", micro, to=TensorProto.DOUBLE), g.const(np.float64(86_400e6)))
+    # 0 year, 1 month, 2 day, 3 hour, 4 minute, 5 second, 6 weekday, 7 day of the year, 8 minutes since midnight.
+    numbers = g.op("Cast", g.op("Concat", fields, weekday, dayofyear, minutes, axis=1), to=TensorProto.DOUBLE)
+    # The cycles turn as in _part_values: month - 1, weekday, hours with their minutes (minutes / 60); the angle
+    # 2 pi times that, over the period; cos(a) as sin(a + pi/2), since onnxruntime has no float64 Cos (off by
+    # the rounding of the sum, about 1e-16).
+    position = g.op("Div", g.op("Sub", _columns(g, numbers, np.array([1, 6, 8]), "cycles"),
+                                g.const(np.array([1.0, 0.0, 0.0]))), g.const(np.array([1.0, 1.0, 60.0])))
+    angle = g.op("Div", g.op("Mul", position, g.const(np.float64(2 * np.pi))), g.const(np.array([12.0, 7.0, 24.0])))
+    sines, cosines = g.op("Sin", angle), g.op("Sin", g.op("Add", angle, g.const(np.float64(np.pi / 2))))
+    table = g.op("Concat", numbers, sines, cosines, timestamp, axis=1)  # (n, 16)
+    where = {"year": 0, "month": 1, "day": 2, "hour": 3, "minute": 4, "weekday": 6, "dayofyear": 7,
+             "month_sin": 9, "weekday_sin": 10, "hour_sin": 11, "month_cos": 12, "weekday_cos": 13,
+             "hour_cos": 14, "timestamp": 15}
+    index = np.array([where[p] for p in parts])
+    if (np.diff(index) == 1).all():
+        block = _columns(g, table, index, "parts")
+    else:  # as in _preprocess: a MatMul by a 0/1 matrix is exact for these finite numbers, and cheaper than Gather
+        choose = np.zeros((16, len(index)))
+        choose[index, np.arange(len(index))] = 1
+        block = g.op("MatMul", table, g.const(choose, "parts"))
+    return g.op("Where", c["valid"], block, g.const(np.float64(np.nan)))
 
 
 # ----- the network -----------------------------------------------------------------
@@ -442,10 +798,7 @@ def to_onnx(predictor):
 
     pre = predictor.preprocessor
     _check_names(pre)
-    if pre.plan.dates:  # the graph takes raw columns, and ONNX has no operator that reads a date from text
-        raise TorchclfError(f"export: column {pre.plan.dates[0].name!r} holds dates, which the ONNX graph cannot "
-                            "read; predict with torchclf (or serve --backend torch), or re-train with the date "
-                            "as numbers of your own (or --drop it)")
+    _check_dates(pre)
     dtype = {torch.float32: TensorProto.FLOAT, torch.float64: TensorProto.DOUBLE}.get(predictor.dtype)
     if dtype is None:
         raise TorchclfError(f"export: the network's weights are {predictor.dtype}; only float32 and float64 "
@@ -457,8 +810,8 @@ def to_onnx(predictor):
     logits = _network(g, predictor.model, x, np_dtype)
     _decision(g, logits, rule, predictor.classes, predictor.label_sep)
     n = "n"
-    inputs = [helper.make_tensor_value_info(c.name, TensorProto.DOUBLE if c.kind == "numeric" else TensorProto.STRING,
-                                            [n]) for c in pre.columns]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.DOUBLE if kind == "number" else TensorProto.STRING,
+                                            [n]) for name, kind in input_kinds(pre).items()]
     outputs = [helper.make_tensor_value_info("label", TensorProto.STRING, [n]),
                helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [n, len(predictor.classes)])]
     graph = helper.make_graph(g.nodes, "torchclf", inputs, outputs, g.constants)
@@ -467,7 +820,7 @@ def to_onnx(predictor):
                               producer_name="torchclf", producer_version=_version())
     model.ir_version = IR_VERSION
     model.doc_string = (f"torchclf {rule.kind} classifier: raw columns (float64 with NaN for missing; text with "
-                        f"{MISSING!r} for missing) -> label, probabilities")
+                        f"{MISSING!r} for missing; dates as text) -> label, probabilities")
     helper.set_model_props(model, metadata(predictor, rule))
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -482,8 +835,14 @@ def _version() -> str:
 def metadata(predictor, rule: DecisionRule | None = None) -> dict[str, str]:
     """What a caller without torchclf needs to know, as the graph's metadata (JSON texts)."""
     rule = rule or decision_rule(predictor)
-    features = [{"name": c.name, "type": "number" if c.kind == "numeric" else "string"} for c in
-                predictor.preprocessor.columns]
+    formats = {d.name: d.format for d in predictor.preprocessor.plan.dates}
+
+    def feature(name: str, kind: str) -> dict:
+        if kind == "date":  # text, in the column's strptime format (or ISO 8601)
+            return {"name": name, "type": "string", "format": "date", "date_format": formats[name]}
+        return {"name": name, "type": kind}
+
+    features = [feature(name, kind) for name, kind in input_kinds(predictor.preprocessor).items()]
     return {
         "torchclf.task": rule.kind,
         "torchclf.classes": json.dumps([str(c) for c in predictor.classes]),
@@ -512,17 +871,37 @@ def export_onnx(predictor, out: str | Path) -> Path:
 
 
 # ----- feeding and checking a graph ------------------------------------------------
+def input_kinds(pre) -> dict[str, str]:
+    """The graph's inputs in order: raw column name -> "number", "string" (a category) or "date" (text)."""
+    dates = pre.plan.sources()
+    return dict((dates[c.name], "date") if c.name in dates else (c.name, "number" if c.kind == "numeric" else "string")
+                for c in pre.columns)
+
+
+def _date_texts(series: pd.Series) -> np.ndarray:
+    """A date column as the graph takes it: text, date values written in ISO 8601, ``"<missing>"`` for missing."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        if getattr(series.dtype, "tz", None) is not None:  # the graph's text has no time zone
+            raise TorchclfError(f"column {series.name!r}: dates with a time zone cannot be given to the ONNX graph; "
+                                "give them as text, or as dates without a time zone")
+        series = series.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return series.astype("object").where(series.notna(), MISSING).astype(str).to_numpy(object)
+
+
 def onnx_inputs(predictor, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Raw rows as the graph's inputs: float64 columns with NaN, text columns with ``"<missing>"``."""
+    """Raw rows as the graph's inputs: float64 columns with NaN, text columns with ``"<missing>"``, date
+    columns as text."""
     predictor.preprocessor.check_columns(frame)
     lookup = {str(c): c for c in frame.columns}
     feeds = {}
-    for spec in predictor.preprocessor.columns:
-        series = frame[lookup[spec.name]]
-        if spec.kind == "numeric":
-            feeds[spec.name] = _as_float(series)
+    for name, kind in input_kinds(predictor.preprocessor).items():
+        series = frame[lookup[name]]
+        if kind == "number":
+            feeds[name] = _as_float(series)
+        elif kind == "date":
+            feeds[name] = _date_texts(series)
         else:  # exactly the text Preprocessor.transform compares with the categories
-            feeds[spec.name] = series.astype("object").where(series.notna(), MISSING).astype(str).to_numpy(object)
+            feeds[name] = series.astype("object").where(series.notna(), MISSING).astype(str).to_numpy(object)
     return feeds
 
 
@@ -565,21 +944,41 @@ def check(predictor, model, frame: pd.DataFrame) -> Check:
 
 def with_gaps(predictor, frame: pd.DataFrame, unseen: str = "never seen in training") -> pd.DataFrame:
     """A copy of ``frame`` in which about a third of the feature cells are missing and, in text
-    columns, another third hold a category the run never saw (for checks of those paths)."""
+    columns, another third hold a category the run never saw (for checks of those paths); in date
+    columns, that text (no date) replaces dates only while at most half the values are not dates
+    (more would make the predictor refuse the rows)."""
     out = frame.copy()
     lookup = {str(c): c for c in out.columns}
     n = len(out)
-    for j, spec in enumerate(predictor.preprocessor.columns):
-        col = lookup[spec.name]
+    for j, (name, kind) in enumerate(input_kinds(predictor.preprocessor).items()):
+        col = lookup[name]
         where = (np.arange(n) + j) % 3
-        if spec.kind == "numeric":
+        if kind == "number":
             out[col] = _as_float(out[col])
             out.loc[where == 0, col] = np.nan
-        else:
-            out[col] = out[col].astype(object)
-            out.loc[where == 0, col] = None
-            out.loc[where == 1, col] = unseen
+            continue
+        out[col] = out[col].astype(object)
+        out.loc[where == 0, col] = None
+        unseen_rows = where == 1
+        if kind == "date":
+            dates = _reads_as_dates(predictor, name, out[col])
+            room = int(out[col].notna().sum()) // 2 - int((out[col].notna() & ~dates).sum())
+            unseen_rows &= dates
+            unseen_rows &= np.cumsum(unseen_rows) <= room
+        out.loc[unseen_rows, col] = unseen
     return out
+
+
+def _reads_as_dates(predictor, name: str, series: pd.Series) -> np.ndarray:
+    """Mask of shape (n_samples,): the values of the date column ``name`` that the predictor reads as dates
+    (none when it refuses the column for holding mostly other things)."""
+    plan = predictor.preprocessor.plan
+    date = next(d for d in plan.dates if d.name == name)
+    try:
+        parts = plan.apply(pd.DataFrame({name: series.to_numpy()}))
+    except TorchclfError:
+        return np.zeros(len(series), dtype=bool)
+    return parts[date.output_names()[0]].notna().to_numpy()
 
 
 def check_rows(predictor, model, frame: pd.DataFrame) -> Check:

@@ -121,8 +121,11 @@ def _read(series: pd.Series, fmt: str | None) -> pd.Series:
         again = _parse(series[missed], "ISO8601")
         if again.notna().any():
             try:
-                when = when.copy()
-                when[missed] = again.astype(when.dtype).to_numpy()
+                # In the finer of the two units: a batch with no value in ``fmt`` parses to whole seconds,
+                # and the ISO values' fractions must not depend on what else is in the batch.
+                unit = max(when.dt.unit, again.dt.unit, key=("s", "ms", "us", "ns").index)
+                when = when.dt.as_unit(unit)  # a copy
+                when[missed] = again.dt.as_unit(unit).astype(when.dtype).to_numpy()
             except (TypeError, ValueError):  # time zones that do not mix: those values stay missing
                 pass
     return when
