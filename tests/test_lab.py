@@ -69,7 +69,7 @@ def test_compare_pictures_have_one_panel_per_variant(study):
     _not_blank(out / "learning_curves.png")
 
 
-def test_custom_variants_beyond_two_features_with_runs(tmp_path, monkeypatch):
+def test_custom_variants_beyond_two_features_with_runs(tmp_path, monkeypatch, no_pictures_here):
     seen = count_axes(monkeypatch)
     toml = tmp_path / "variants.toml"
     toml.write_text('[variants]\nwide = "--hidden 32 --epochs 30"\ntanh = "--hidden 8,8 --activation tanh --epochs 30"\n')
@@ -85,7 +85,7 @@ def test_custom_variants_beyond_two_features_with_runs(tmp_path, monkeypatch):
     assert seen["decision_boundaries.png"] == 3
     _not_blank(out / "decision_boundaries.png", 700, 200)
     for name in ("linear", "wide", "tanh"):
-        assert (out / "runs" / name / "report.html").is_file()
+        assert (out / "runs" / name / "model.json").is_file()
         assert (out / "runs" / name / "model.safetensors").is_file()
 
 

@@ -303,6 +303,29 @@ def ticks_until(ws, predicate) -> dict:
     return receive_until(ws, lambda m: m["type"] == "tick" and predicate(m))
 
 
+def test_replies_are_not_held_back_by_the_news_interval(client, monkeypatch):
+    """While a run trains, news goes at most every SEND_INTERVAL, and a reply goes at once."""
+    import torchclf.playground.server as server
+
+    monkeypatch.setattr(server, "SEND_INTERVAL", 1.5)
+    with client.websocket_connect("/ws") as ws:
+        hello(ws)
+        configure(ws, epochs=10000, batch_size=8)
+        ws.send_json({"type": "play"})
+        receive_until(ws, lambda m: m["type"] == "tick" and m["status"] == "playing")
+        started, ticks = time.monotonic(), 0
+        for _ in range(4):
+            ws.send_json({"type": "no such message"})
+            reply = ws.receive_json()
+            while reply["type"] == "tick":
+                ticks += 1
+                reply = ws.receive_json()
+            assert reply["type"] == "error" and "no such message" in reply["message"], reply
+        seconds = time.monotonic() - started
+        ws.send_json({"type": "pause"})
+    assert seconds < 1.5 and ticks <= 1, (seconds, ticks)  # held back, the 4 replies took at least 4.5 s
+
+
 def test_step_speed_pause_play_and_inspect_a_point(client):
     with client.websocket_connect("/ws") as ws:
         hello(ws)

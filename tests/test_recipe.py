@@ -145,7 +145,7 @@ def test_plain_inputs_build_the_same_network_as_before():
     assert with_codes(torch.tensor([[0.1, 6.0, 8.0]])).shape == (1, 2)
 
 
-def test_a_run_with_embeddings_saves_loads_and_predicts_the_same(tmp_path):
+def test_a_run_with_embeddings_saves_loads_and_predicts_the_same(tmp_path, no_pictures_here):
     rng = np.random.default_rng(0)
     n = 240
     city = rng.choice([f"c{i}" for i in range(30)], n)

@@ -5,8 +5,8 @@ Starlette serves the routes and uvicorn runs them. Each WebSocket is one
 gone) its training stops. Per socket, a reader task takes frames off the
 socket at once (so a closed tab is noticed at once) into a short queue, a
 handler task acts on them one at a time in a worker thread, and a sender task
-pushes replies and, at most every ``SEND_INTERVAL`` seconds, the training's
-news. Every frame gets an answer: a binary frame, text that is not JSON,
+pushes replies at once and, at most every ``SEND_INTERVAL`` seconds, the
+training's news. Every frame gets an answer: a binary frame, text that is not JSON,
 JSON nested too deeply or a message too long gets a one-line error.
 
 Only the server's own pages may use it: a request whose ``Host`` is not the
@@ -257,7 +257,7 @@ def create_app(runs_dir: str | Path = "runs", *, max_upload_bytes: int | None = 
     async def tab(websocket: WebSocket) -> None:
         await websocket.accept()
         loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
+        wake, replied = asyncio.Event(), asyncio.Event()
         outbox: deque[tuple[str, int | None]] = deque()
 
         def notify() -> None:
@@ -273,8 +273,11 @@ def create_app(runs_dir: str | Path = "runs", *, max_upload_bytes: int | None = 
 
         async def sender() -> None:
             # A run's news is sent only after its "data" message, so the page
-            # never drops a heat map for a run it does not know yet.
+            # never drops a heat map for a run it does not know yet. News goes
+            # at most every SEND_INTERVAL (the training thread wakes this task
+            # on every step); replies go at once.
             cursor: dict = {"run": None}
+            news_due = 0.0  # the loop's time before which no news is sent
             while True:
                 await wake.wait()
                 wake.clear()
@@ -285,13 +288,21 @@ def create_app(runs_dir: str | Path = "runs", *, max_upload_bytes: int | None = 
                         cursor = {"run": run_id}
                 run = session.run
                 if run is not None and run.id == cursor["run"]:
-                    news = run.tick(cursor)
-                    if news is not None:
-                        await websocket.send_text(json.dumps(news))
-                await asyncio.sleep(SEND_INTERVAL)
+                    if loop.time() < news_due:
+                        wake.set()  # news is waiting: look again once it is due
+                    else:
+                        news = run.tick(cursor)
+                        if news is not None:
+                            await websocket.send_text(json.dumps(news))
+                            news_due = loop.time() + SEND_INTERVAL
+                # Until news is due, only a reply ends the pause.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(replied.wait(), max(0.0, news_due - loop.time()))
+                replied.clear()
 
         def post(message: dict) -> None:
             outbox.append((json.dumps(message), message.get("run") if message.get("type") == "data" else None))
+            replied.set()
             wake.set()
 
         # Decoded messages, or the error that answers a frame, in the order they came.
