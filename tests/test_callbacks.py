@@ -189,7 +189,8 @@ def test_state_dict_round_trip_continues_exactly():
     first_state, first = make_state(), EarlyStopping(patience=3)
     drive_epochs(first, first_state, losses[:3])
     saved = copy.deepcopy(first.state_dict())  # as a checkpoint would write it
-    assert {k: v for k, v in saved.items() if k != "best_state"} == {"best_loss": 0.7, "best_epoch": 2, "bad_evals": 1}
+    assert {k: v for k, v in saved.items() if k != "best_state"} == {"best_loss": 0.7, "best_epoch": 2, "bad_evals": 1,
+                                                                     "evals": 3, "best_eval": 2}
     assert set(saved["best_state"]) == {"weight", "bias"}
     assert all(torch.equal(t, torch.full_like(t, 2.0)) for t in saved["best_state"].values())
 
@@ -200,6 +201,29 @@ def test_state_dict_round_trip_continues_exactly():
     assert resumed_state.epoch == whole_state.epoch and resumed_state.stop_reason == whole_state.stop_reason
     assert resumed.state_dict()["best_epoch"] == 4 and resumed_state.best_epoch == whole_state.best_epoch == 4
     assert stamped(resumed_state.model) == stamped(whole_state.model) == 4.0
+
+
+# ----- early stopping: an early best waits less ---------------------------------------------
+@pytest.mark.parametrize("best_at, stops_at", [(2, 2 + 4), (6, 6 + 6), (9, 9 + 8)])
+def test_patience_min_waits_as_long_as_the_best_took_from_the_minimum_up_to_the_patience(best_at, stops_at):
+    losses = [1.0 - 0.01 * e for e in range(1, best_at + 1)] + [2.0] * 20
+    state, stopper = make_state(), EarlyStopping(patience=8, patience_min=4)
+    drive([stopper], state, losses)
+    assert (state.epoch, state.best_epoch, stopper.best_eval) == (stops_at, best_at, best_at)
+    assert f"for {stops_at - best_at} evaluation(s)" in state.stop_reason
+
+
+def test_patience_min_counts_evaluations_not_epochs():
+    state, stopper = make_state(), EarlyStopping(patience=30, patience_min=1)
+    # Validation every other epoch: the best is the 2nd evaluation (epoch 3), so two more evaluations end it.
+    drive([stopper], state, [1.0, None, 0.9, None, 2.0, None, 2.0, None, 2.0, None, 0.1])
+    assert (state.epoch, state.best_epoch, stopper.evals, stopper.best_eval) == (7, 3, 4, 2)
+
+
+def test_a_checkpoint_from_before_patience_min_resumes_counting_an_evaluation_per_epoch():
+    stopper = EarlyStopping(patience=30, patience_min=15)
+    stopper.load_state_dict({"best_loss": 0.3, "best_epoch": 20, "bad_evals": 4, "best_state": None})
+    assert (stopper.evals, stopper.best_eval, stopper.wait) == (24, 20, 20)
 
 
 def drive_epochs(cb: Callback, state: engine.TrainState, losses: list) -> None:
@@ -223,7 +247,7 @@ def test_early_stopping_through_the_engine_restores_the_best_validation_weights(
     state = engine.fit(model, Task("binary", 2), train, val, config)
     losses = [r["val_loss"] for r in state.history]
     (stopper,) = [cb for cb in state.callbacks if isinstance(cb, EarlyStopping)]  # the engine's own
-    assert (stopper.patience, stopper.monitor) == (4, "val_loss")
+    assert (stopper.patience, stopper.patience_min, stopper.monitor) == (4, config.patience_min, "val_loss")
     # The last epoch whose loss beat every earlier one by min_delta, then patience more.
     last_gain = max(e for e in range(len(losses))
                     if losses[e] < min(losses[:e], default=math.inf) - stopper.min_delta)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchclf.config import ModelConfig
-from torchclf.model import MLP, PRESETS, build_model
+from torchclf.model import MLP, PRESETS, build_model, state_shapes
+from torchclf.preprocess import InputLayout
 
 # The functional form of each activation name: the oracle for the modules the builder picks.
 FUNCTIONAL = {
@@ -155,3 +156,29 @@ def test_the_default_preset_is_the_library_default():
     assert PRESETS["default"].model == ModelConfig()
     assert PRESETS["default"].train == {}
     assert sorted(PRESETS) == ["blob", "circle-v0", "circle-v1", "circle-v2", "default"]
+
+
+# ----- the weights a saved model must hold, without building it ------------------------------
+@pytest.mark.parametrize("inputs, config", [
+    (7, ModelConfig(hidden=(6, 4), activation="relu", dropout=0.2, norm="batch")),
+    (7, ModelConfig(hidden=(), numeric_embedding="periodic")),  # plain inputs: no embeddings whatever the config
+    (InputLayout(9, numeric=(0, 2, 5), codes=((3, 4), (7, 11))),
+     ModelConfig(hidden=(5, 3), activation="linear", dropout=0.0, norm="layer", embedding_dim=2)),
+    (InputLayout(9, numeric=(0, 2, 5), codes=((3, 4),)),
+     ModelConfig(hidden=(5,), activation="tanh", dropout=0.1, norm="batch", numeric_embedding="none")),
+    (InputLayout(6, numeric=(0, 1, 2, 3, 4, 5)), ModelConfig(hidden=(4, 4, 2), norm="none", embedding_dim=3)),
+    (InputLayout(4, numeric=(0, 1)), ModelConfig(hidden=(3,), numeric_embedding="none")),
+    (InputLayout(5, numeric=(0, 1, 2), codes=((4, 6),)), ModelConfig(hidden=(3,), periodic_max=2)),  # too many
+])
+def test_state_shapes_are_the_built_networks(inputs, config):
+    expected = {name: (tuple(t.shape), t.dtype) for name, t in build_model(inputs, 5, config).state_dict().items()}
+    assert state_shapes(inputs, 5, config) == expected
+    assert list(state_shapes(inputs, 5, config)) == list(expected)  # the same order: the first misfit reported
+
+
+def test_state_shapes_of_a_huge_network_cost_nothing():
+    shapes = state_shapes(InputLayout(3, numeric=(0,), codes=((1, 10**6),)), 2, ModelConfig(hidden=(10**5, 10**5)))
+    assert shapes["inputs.embeddings.0.weight"] == ((10**6, 8), torch.float32)
+    assert shapes["layers.0.weight"] == ((10**5, 2 + 2 * 8), torch.float32)  # 2 plain columns, 2 embedded
+    assert shapes["layers.3.weight"] == ((10**5, 10**5), torch.float32)  # after ReLU and dropout
+    assert shapes["layers.6.weight"] == ((2, 10**5), torch.float32)

@@ -68,7 +68,7 @@ def made(tmp_path_factory):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of CHUNK rows: the engine's batch made that small, and files read one batch at a time."""
-    monkeypatch.setattr(engine, "_chunk_rows", lambda device: CHUNK)
+    monkeypatch.setattr(engine, "prediction_batch", lambda device: CHUNK)
     monkeypatch.setattr(predict_file, "CHUNK_VALUES", 1)
 
 
@@ -340,17 +340,56 @@ def test_chunks_are_whole_multiples_of_the_engines_batch():
     assert predict_file.chunk_rows(36, 65_536) == 65_536  # a GPU's batch
 
 
+def test_parquet_chunks_count_each_input_value_four_times(made, tmp_path, monkeypatch):
+    """Arrow's reader costs several times a batch's values, so a Parquet chunk takes fewer rows than a CSV one.
+    Here 4 input columns (x1, x2, color, id) and 4 output columns (prediction, 3 probabilities) in 2**10
+    values: 1024 / (4 + 4) = 128 rows from CSV, 1024 / (4 * 4 + 4) = 51, so 48 (6 batches of 8), from Parquet."""
+    monkeypatch.setattr(engine, "prediction_batch", lambda device: 8)
+    monkeypatch.setattr(predict_file, "CHUNK_VALUES", 1024)
+    model = Predictor.load(made / "kind")
+    rows = {}
+    for source in ("new.csv", "new.parquet"):
+        writer = PredictionWriter(model, str(made / source), predict_file.Output(keep=("id",)))
+        chunks = writer.source.chunks
+        monkeypatch.setattr(writer.source, "chunks",
+                            lambda n, keep, chunks=chunks, source=source: (rows.update({source: n}), chunks(n, keep))[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert writer.write(tmp_path / "p.csv") == 60
+    assert rows == {"new.csv": 128, "new.parquet": 48}
+
+
 def test_chunked_logits_are_written_into_one_tensor_equal_to_one_pass(made, monkeypatch):
     model = Predictor.load(made / "kind")
     frame = read_rows(str(made / "new.csv"))
-    monkeypatch.setattr(engine, "_chunk_rows", lambda device: 8)
-    one_pass = predict_logits(model.model, model.encode(frame))  # the engine's own batches of 8, concatenated
+    monkeypatch.setattr(engine, "prediction_batch", lambda device: 8)
+    one_pass = predict_logits(model.model, model.encode(frame))  # the engine's own batches of 8
     widest = max([model.preprocessor.n_outputs, *(max(p.shape) for p in model.model.parameters() if p.dim())])
-    batches = []
+    batches, chunks = [], []
+    hook = model.model.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
     original = engine.predict_logits
-    monkeypatch.setattr(engine, "predict_logits", lambda m, X: (batches.append(len(X)), original(m, X))[1])
+    monkeypatch.setattr(engine, "predict_logits",
+                        lambda m, X, *a, **k: (chunks.append(len(X)), original(m, X, *a, **k))[1])
     monkeypatch.setattr(predictor, "CHUNK_VALUES", widest * 20)  # 20 rows, down to 16: two batches of 8
     logits = model._logits(frame, "new.csv")
-    assert batches == [8] * 7 + [4]  # chunks of 16, 16, 16, 12 rows, each scored a batch at a time
+    hook.remove()
+    assert chunks == [16, 16, 16, 12] and batches == [8] * 7 + [4]  # each chunk scored a batch at a time
     assert logits.shape == (60, 3) and logits.dtype == torch.float32
     assert torch.equal(logits, one_pass)
+
+
+def test_the_engine_writes_each_batch_into_one_tensor(made, monkeypatch):
+    """No list of small outputs to concatenate (they pin the freed activation memory): every batch's logits
+    go into one tensor, the caller's ``out`` when given."""
+    model = Predictor.load(made / "kind")
+    X = model.encode(read_rows(str(made / "new.csv")))
+    whole = model.model.eval()(X).detach()  # one product: equal to the batches' to float rounding
+    dims, cat = [], torch.cat  # the network's own joins are along columns; one of rows would be the batches'
+    monkeypatch.setattr(torch, "cat", lambda tensors, dim=0, **k: (dims.append(dim), cat(tensors, dim=dim, **k))[1])
+    logits = predict_logits(model.model, X, batch_size=7)
+    assert 0 not in dims and len(dims) > 0
+    assert logits.shape == (60, 3)
+    torch.testing.assert_close(logits, whole, rtol=1e-6, atol=1e-6)
+    out = torch.full((70, 3), -1.0)
+    assert predict_logits(model.model, X, batch_size=7, out=out[5:65]).data_ptr() == out[5].data_ptr()
+    assert torch.equal(out[5:65], logits) and bool((out[:5] == -1).all()) and bool((out[65:] == -1).all())

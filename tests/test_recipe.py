@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from torchclf import api, artifact
-from torchclf.config import ModelConfig, RunConfig, batch_rows, with_values
+from torchclf.config import PARAM, ModelConfig, RunConfig, batch_rows, with_values
 from torchclf.errors import TorchclfError
 from torchclf.model import PRESETS, FeatureInputs, PeriodicEmbedding, build_model
 from torchclf.preprocess import IQR_PER_STD, SMOOTH_CLIP, InputLayout, Preprocessor
@@ -76,6 +76,45 @@ def test_columns_over_onehot_max_become_one_code_column_and_rare_categories_shar
     assert pre.layout() == InputLayout(5, numeric=(0,), codes=((1, 4),))
 
 
+def names_frame(n_names: int = 150, rows: int = 200) -> pd.DataFrame:
+    """``name``: n_names categories over ``rows`` rows (mostly one row each); ``city``: 20 of 10 rows each."""
+    rng = np.random.default_rng(0)
+    names = [f"n{i:03d}" for i in range(n_names)] + [f"n{i:03d}" for i in rng.integers(0, n_names, rows - n_names)]
+    return pd.DataFrame({"name": names, "city": [f"c{i % 20:02d}" for i in range(rows)]})
+
+
+def test_a_column_of_rare_categories_stays_one_hot_below_embed_rows():
+    frame = names_frame()
+    pre = Preprocessor(max_categories=100_000, onehot_max=16, embed_rows=8).fit(frame)
+    name, city = pre.columns
+    # name: 200 rows over 150 categories (1.3 each) stays one-hot, single-row categories included;
+    # city: 200 rows over 20 categories (10 each) is embedded.
+    assert (name.embed, len(name.categories), city.embed, len(city.categories)) == (False, 150, True, 20)
+    assert pre.output_names[149:] == [f"name={name.categories[-1]}", "name=<other>", "city#code"]
+    assert pre.layout() == InputLayout(152, numeric=(), codes=((151, 21),))
+    # Without the rule (as before it, and as saved runs were) both are embedded, name without its rare ones.
+    old = Preprocessor(max_categories=100_000, onehot_max=16).fit(frame)
+    assert [(c.embed, len(c.categories)) for c in old.columns] == [(True, 43), (True, 20)]
+    again = Preprocessor.from_dict(pre.to_dict())
+    assert again.embed_rows == 8
+    np.testing.assert_array_equal(again.transform(frame), pre.transform(frame))
+
+
+def test_past_onehot_rare_max_categories_a_column_of_rare_ones_is_embedded_all_the_same(monkeypatch):
+    monkeypatch.setattr("torchclf.preprocess.ONEHOT_RARE_MAX", 149)  # name has 150: one-hot would be too wide
+    pre = Preprocessor(max_categories=100_000, onehot_max=16, embed_rows=8).fit(names_frame())
+    assert [c.embed for c in pre.columns] == [True, True]
+
+
+def test_embed_rows_is_a_recipe_default_and_saved_configs_without_it_keep_what_they_did():
+    assert (PARAM["embed_rows"].default, PARAM["periodic_max"].default, PARAM["patience_min"].default) == (8, 32, 15)
+    old = RunConfig().to_dict()
+    del old["data"]["embed_rows"], old["model"]["periodic_max"], old["train"]["patience_min"]
+    loaded = RunConfig.from_dict(old)
+    # Runs from before these rows embedded every numeric column and chose embeddings by categories alone.
+    assert (loaded.data.embed_rows, loaded.model.periodic_max, loaded.train.patience_min) == (None, None, 15)
+
+
 def test_embedded_columns_survive_the_manifest_round_trip_and_old_manifests_load():
     pre = Preprocessor(onehot_max=2, scaling="robust").fit(category_frame())
     again = Preprocessor.from_dict(pre.to_dict())
@@ -92,6 +131,7 @@ def test_embedded_columns_survive_the_manifest_round_trip_and_old_manifests_load
 @pytest.mark.parametrize("field, value, text", [
     ("scaling", "quantile", "preprocess.scaling must be one of standard, robust"),
     ("onehot_max", 0, "preprocess.onehot_max must be a positive integer or null"),
+    ("embed_rows", 2.5, "preprocess.embed_rows must be a positive integer or null"),
 ])
 def test_hostile_preprocessing_settings_are_refused(field, value, text):
     state = Preprocessor(onehot_max=2).fit(category_frame()).to_dict()
@@ -124,6 +164,25 @@ def test_feature_inputs_pass_numbers_and_look_up_codes():
     assert inputs.width == 6
 
 
+def test_category_embeddings_start_within_one_over_the_square_root_of_their_width():
+    torch.manual_seed(0)
+    inputs = FeatureInputs(InputLayout(2, numeric=(0,), codes=((1, 1000),)), ModelConfig(embedding_dim=4))
+    weight = inputs.embeddings[0].weight.detach()
+    assert float(weight.abs().max()) <= 0.5  # 4 ** -0.5; nn.Embedding's own N(0, 1) reaches 3 and more
+    assert float(weight.std()) == pytest.approx(0.5 / 3 ** 0.5, rel=0.03)  # uniform on [-0.5, 0.5]
+
+
+@pytest.mark.parametrize("periodic_max, periodic", [(3, True), (2, False), (None, True)])
+def test_periodic_embeddings_only_up_to_periodic_max_numeric_columns(periodic_max, periodic):
+    config = ModelConfig(numeric_embedding="periodic", embedding_dim=5, hidden=(4,), periodic_max=periodic_max)
+    plain = build_model(InputLayout(3, numeric=(0, 1, 2)), 2, config)
+    assert (plain.inputs is not None) == periodic
+    assert plain.layers[0].in_features == (3 + 3 * 5 if periodic else 3)
+    with_code = build_model(InputLayout(4, numeric=(0, 1, 2), codes=((3, 7),)), 2, config)
+    assert (with_code.inputs.periodic is not None) == periodic
+    assert with_code.layers[0].in_features == 3 + 5 + (3 * 5 if periodic else 0)
+
+
 def test_periodic_embedding_is_relu_of_a_per_column_linear_map_of_cos_and_sin():
     torch.manual_seed(0)
     emb = PeriodicEmbedding(2, 4)
@@ -152,8 +211,10 @@ def test_a_run_with_embeddings_saves_loads_and_predicts_the_same(tmp_path, no_pi
     x = rng.normal(size=n)
     frame = pd.DataFrame({"x": x, "city": city,
                           "label": np.where((x > 0) ^ np.isin(city, [f"c{i}" for i in range(15)]), "y", "n")})
+    # embed_rows off: 168 training rows over 30 cities (5.6 each) would keep the column one-hot.
     config = with_values(api.make_config(), dict(onehot_max=8, numeric_embedding="periodic", scaling="robust",
-                                                 embedding_dim=4, hidden=(16,), epochs=3, patience=0, seed=5))
+                                                 embedding_dim=4, hidden=(16,), epochs=3, patience=0, seed=5,
+                                                 embed_rows=None))
     result = api.run(api.RunSpec(frame, "label", config=config), out=tmp_path / "run")
     model = result.predictor.model
     assert model.inputs is not None and model.inputs.embeddings[0].num_embeddings == 31

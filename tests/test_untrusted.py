@@ -64,6 +64,22 @@ def test_an_intact_run_loads_and_predicts(good_run):
     assert len(predictor.predict(good_run[1])) == len(good_run[1])
 
 
+def test_loading_and_predicting_do_not_import_torch_dynamo(good_run, tmp_path):
+    """Checking the weights works the network's shapes out from the manifest: building it on the meta device
+    imported torch._dynamo (about 70 MB and a second) in every process that loads a run."""
+    import subprocess
+    import sys
+
+    good_run[1].to_csv(tmp_path / "rows.csv", index=False)
+    code = ("import sys\nimport pandas as pd\nimport torchclf\n"
+            f"p = torchclf.load({str(good_run[0])!r})\n"
+            f"print(''.join(p.predict(pd.read_csv({str(tmp_path / 'rows.csv')!r}))), 'torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["".join(Predictor.load(good_run[0]).predict(good_run[1])), "False"]
+
+
 def test_truncated_weights(good_run, tmp_path):
     run = _copy(good_run, tmp_path)
     blob = (run / "model.safetensors").read_bytes()
@@ -126,7 +142,7 @@ def test_huge_layer_sizes_are_refused_without_allocating(good_run, tmp_path):
     _edit_manifest(run, lambda m: m["config"]["model"].update(hidden=[10**9, 10**9]))
     assert "config.model.hidden must be a list of at most 64 layer sizes" in _load_error(run)
     _edit_manifest(run, lambda m: m["config"]["model"].update(hidden=[4096, 4096]))
-    # A network that size is sized on the meta device only; the small weights file then does not fit it.
+    # A network that size is sized from the manifest only; the small weights file then does not fit it.
     assert "weights do not fit the network in the manifest" in _load_error(run)
 
 

@@ -101,7 +101,7 @@ def make_config(preset: str | None = None, *, task: str = "auto", model: dict | 
 
 # ----- phase 1: set-up -----------------------------------------------------------
 def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dtype | None = None,
-            start: Predictor | None = None) -> Prepared:
+            start: Predictor | None = None, reuse: Prepared | None = None) -> Prepared:
     """Read, split and encode the data of ``spec`` and build its seeded network.
 
     Parameters
@@ -115,12 +115,28 @@ def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dty
         Continue from this trained predictor: its labels, preprocessing and
         weights are kept and nothing new is fitted or seeded (the
         estimator's ``warm_start`` and ``partial_fit``).
+    reuse : Prepared, optional
+        An earlier preparation of the same rows with the same split and
+        preprocessing settings (``tune``'s trials): its splits, labels and
+        fitted preprocessing are taken as they are, and only the network is
+        built and seeded, as it would be without ``reuse``.
 
     Under ``torchrun`` this joins the job; ranks reading their own part of a
     sharded Parquet source code the labels of all parts together and share
     rank 0's preprocessing.
     """
     config = spec.config
+    if reuse is not None:
+        if (reuse.config.data, reuse.config.task, reuse.config.train.seed) != (config.data, config.task,
+                                                                             config.train.seed):
+            raise ValueError("prepare(reuse=...): the split and preprocessing settings differ")
+        old = reuse.predictor
+        torch.manual_seed(config.train.seed)
+        model = build_model(old.preprocessor.layout(), old.task.n_outputs, config.model).to(
+            device=engine.resolve_device(config.train.device), dtype=dtype)
+        predictor = Predictor(model, old.task, old.preprocessor, old.labels, config, label_sep=old.label_sep,
+                              target_columns=old.target_columns)
+        return Prepared(spec, reuse.splits, predictor, reuse.data_summary)
     dataset = spec.dataset()
     check_target(dataset.target, config.task, dataset.name)
     check_not_target(config.data.drop, dataset.target_columns)
@@ -144,7 +160,7 @@ def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dty
                             labels.classes[0] if labels.classes else None)
         train = splits.train
         preprocessor = Preprocessor(config.data.max_categories, scaling=config.data.scaling,
-                                    onehot_max=config.data.onehot_max,
+                                    onehot_max=config.data.onehot_max, embed_rows=config.data.embed_rows,
                                     drop=config.data.drop).fit(train.features, train.weight)
         if distributed.rows_are_local():  # ranks hold different rows: rank 0's fit serves them all
             preprocessor = Preprocessor.from_dict(distributed.broadcast(preprocessor.to_dict()))

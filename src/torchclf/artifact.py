@@ -658,15 +658,11 @@ def decisions(manifest: dict, task, where: str):
 
 
 def _expected_tensors(config, task, preprocessor, where: str = "model") -> dict:
-    """Name -> (shape, dtype) of the network a manifest describes, built without allocating memory;
+    """Name -> (shape, dtype) of the network a manifest describes, worked out without building it;
     a network of more than MAX_PARAMETERS numbers is refused."""
-    import torch
+    from torchclf.model import state_shapes
 
-    from torchclf.model import build_model
-
-    with torch.device("meta"):
-        meta = build_model(preprocessor.layout(), task.n_outputs, config.model)
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in meta.state_dict().items()}
+    expected = state_shapes(preprocessor.layout(), task.n_outputs, config.model)
     total = sum(math.prod(shape) for shape, _ in expected.values())
     if total > MAX_PARAMETERS:
         raise TorchclfError(f"{where}: invalid manifest: the network it describes has {total} parameters, more "

@@ -78,6 +78,10 @@ class Param:
     expected_text : str, optional
         What a valid value looks like, for a ``str`` parameter checked by its
         section's own rule rather than by ``choices``.
+    absent : object
+        The value for a saved configuration that predates this parameter,
+        where it differs from ``default`` (what such runs did, so that they
+        load as they were trained).
     """
 
     name: str
@@ -98,6 +102,7 @@ class Param:
     page_default: Any = _SAME
     shared: bool = False
     expected_text: str | None = None
+    absent: Any = _SAME
 
     # ----- derived names and defaults ------------------------------------------
     @property
@@ -258,6 +263,9 @@ def _is_whole(value) -> bool:
 # Small tables keep small, noisy steps (a regulariser); large ones get fewer, cheaper steps per epoch.
 AUTO_BATCH_FRACTION = 1 / 64
 AUTO_BATCH_LIMITS = (64, 512)
+# A column over onehot_max categories whose categories average fewer than embed_rows training rows stays
+# one-hot up to this many categories; past it, one-hot's memory (rows x categories) would outweigh its gain.
+ONEHOT_RARE_MAX = 1024
 
 # The table. Order is the order of --help.
 PARAMS: tuple[Param, ...] = (
@@ -272,6 +280,10 @@ PARAMS: tuple[Param, ...] = (
           "('none'), or also through learnt periodic features (sin and cos of learnt frequencies, then a "
           "small linear layer per column), which let the network bend its boundary along each column.",
           kind="str", choices=NUMERIC_EMBEDDINGS),
+    Param("periodic_max", "model", 32, "Periodic numeric embeddings only on tables with at most this many numeric "
+          "columns: their cost grows with the columns while their gain fades (on 64 columns they more than "
+          "doubled the training time for no accuracy); 'none' embeds any number.", kind="int", low=1, none="none",
+          absent=None),
     Param("embedding_dim", "model", 8, "Width of each learnt embedding: per embedded categorical column, "
           "and per numeric column with --numeric-embedding periodic.", kind="int", low=1, high=256),
     # training
@@ -294,6 +306,9 @@ PARAMS: tuple[Param, ...] = (
     Param("schedule", "train", "plateau", "Learning-rate schedule.", kind="str", choices=SCHEDULES),
     Param("patience", "train", 30, "Stop after this many evaluations without improvement; 0 = off.",
           kind="int", low=0, estimator="n_iter_no_change"),
+    Param("patience_min", "train", 15, "An early best waits less: stop after as many evaluations without "
+          "improvement as it took to reach the best, but at least this many (and at most the patience); set it "
+          "to the patience for a fixed wait.", kind="int", low=1, estimator="n_iter_no_change_min"),
     Param("seed", "train", 2, "Seed for the split, initialisation and shuffling.", kind="int", low=0,
           high=2**32 - 1, estimator=None, page=(0, 2**31 - 1), page_default=0, shared=True),
     Param("device", "train", "auto", "Where to train.", kind="str", choices=DEVICES),
@@ -334,6 +349,10 @@ PARAMS: tuple[Param, ...] = (
     Param("onehot_max", "data", 16, "Categorical columns with more categories than this enter the network "
           "as a learnt embedding of the category (memory grows with rows, not rows x categories); 'none' "
           "one-hot encodes every column.", kind="int", low=1, none="none"),
+    Param("embed_rows", "data", 8, "A column with more categories than onehot_max is embedded only when "
+          "they average at least this many training rows; one of rarer categories (names, "
+          f"say) stays one-hot up to {ONEHOT_RARE_MAX:,} categories, as an embedding learnt from a row or two is "
+          "noise; 'none' embeds by the number of categories alone.", kind="int", low=1, none="none", absent=None),
     Param("scaling", "data", "standard", "Numeric columns: 'standard' (mean and standard deviation) or "
           "'robust' (median and interquartile range, then a smooth clip that tames outliers).",
           kind="str", choices=SCALINGS),
@@ -441,7 +460,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        """Inverse of :meth:`to_dict`; fields missing from an older file take today's defaults."""
+        """Inverse of :meth:`to_dict`; fields missing from an older file take today's defaults, or their
+        row's ``absent`` value where today's default would change what a saved run was."""
         if not isinstance(d, dict):
             raise TorchclfError(f"invalid configuration: expected a mapping, got {type(d).__name__}")
 
@@ -453,7 +473,9 @@ class RunConfig:
             unknown = set(values) - {f.name for f in fields(kind)}
             if unknown:
                 raise TorchclfError(f"{kind.__name__}: unknown field(s) {sorted(unknown)}")
-            return kind(**values)
+            older = {p.name: p.absent for p in section_params(section)
+                     if p.name not in values and p.absent is not _SAME}
+            return kind(**older, **values)
 
         unknown = set(d) - {"model", "train", "data", "task", "preset"}
         if unknown:

@@ -117,6 +117,9 @@ _DOC: dict[str, tuple[str | None, str]] = {
     "patience": (None, "Evaluations without an improvement of at least ``tol`` after which training stops: "
                  "in the validation loss with early stopping (keeping the best weights), else in the training "
                  "loss, as MLPClassifier does. 0 never stops early."),
+    "patience_min": (None, "With early stopping, an early best waits less: training stops after as many "
+                     "evaluations without improvement as it took to reach the best, at least this many and at "
+                     "most ``n_iter_no_change``; set it to ``n_iter_no_change`` for a fixed wait."),
     "threads": (None, "CPU threads for torch while fitting (None: the engine's choice); torch's own setting "
                 "is the same after ``fit`` as before."),
     "drop": ("str or tuple of str", "Columns of X to leave out (by name; x0, x1, ... for arrays). Identifier "

@@ -98,6 +98,7 @@ class _Source:
     """A table read in chunks: ``columns`` first, then :meth:`chunks`."""
 
     columns: list[str]
+    input_weight = 1  # how many values each input value counts for in a chunk (see chunk_rows)
 
     def chunks(self, rows: int, keep: list[str]) -> Iterator[tuple[pd.DataFrame, list]]:
         """Yield (raw rows as a DataFrame, the ``keep`` columns as pyarrow arrays) per chunk of ``rows`` rows."""
@@ -168,6 +169,14 @@ class _CsvSource(_Source):
 class _ParquetSource(_Source):
     """A Parquet file read a batch of rows at a time; kept columns come straight from Arrow, types intact."""
 
+    # Arrow's reader holds a decoded page and dictionary, about 2 MB, per column whatever the chunk's length
+    # (82 MB for 34 columns), and per row its buffers and the batch: reading 26,624 rows of 34 float64 columns
+    # at a time took 36 MB more than 8,192 at a time, about 58 bytes a value. So an input value counts four
+    # times in a Parquet chunk, which keeps its memory within a CSV chunk's: 1M rows x 34 columns (5 output
+    # columns) peaked at 455 to 460 MB in chunks of a quarter the rows, 482 to 502 MB otherwise (3 runs each,
+    # in one process). Output columns count once: wide outputs (many classes) keep their chunk's rows.
+    input_weight = 4
+
     def __init__(self, path: Path):
         import pyarrow.parquet as pq
 
@@ -184,14 +193,22 @@ class _ParquetSource(_Source):
             raise TorchclfError(f"{path}: duplicate column names {dupes}; rename them so each is unique")
 
     def chunks(self, rows, keep):
-        batches = self.file.iter_batches(batch_size=rows)
+        # One thread: decoding columns in parallel holds a page per thread and a heap per thread in Arrow's
+        # allocator, for no gain in a process that predicts on one core anyway.
+        batches = self.file.iter_batches(batch_size=rows, use_threads=False)
         while True:
             with _read_errors(self.path, "parquet"):
                 batch = next(batches, None)
                 if batch is None:
                     return
-                frame = batch.to_pandas().reset_index(drop=True)
-            yield frame, [batch.column(c) for c in keep]
+                kept = [batch.column(c) for c in keep]
+                # A column per block: numbers without gaps are views of Arrow's buffers instead of a copy into
+                # one 2-D block; and the batch is let go before the rows are predicted.
+                frame = batch.to_pandas(split_blocks=True)
+                frame.index = pd.RangeIndex(len(frame))  # not reset_index, which copies every column in pandas 2
+                del batch
+            yield frame, kept
+            del frame, kept
 
 
 class _read_errors:
@@ -411,9 +428,10 @@ class PredictionWriter:
         names = keep + columns.names
         # Whole multiples of the engine's batch (1,024 rows on a CPU), so that every row's logits come from the
         # same products as when the whole table is predicted at once (see Predictor._logits).
-        from torchclf.engine import _chunk_rows as engine_batch
+        from torchclf.engine import prediction_batch
 
-        rows = chunk_rows(len(self.source.columns) + len(columns.names), engine_batch(self.predictor.device))
+        rows = chunk_rows(self.source.input_weight * len(self.source.columns) + len(columns.names),
+                          prediction_batch(self.predictor.device))
         notes = _Notes(self.predictor, self.where, keep)
         try:
             for frame, kept in self.source.chunks(rows, keep):

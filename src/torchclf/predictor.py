@@ -124,28 +124,21 @@ class Predictor:
 
     def _logits(self, rows, where: str) -> torch.Tensor:
         """Logits of shape (n_samples, n_outputs), encoded and scored a bounded chunk of rows at a time."""
-        from torchclf.engine import _chunk_rows, predict_logits
+        from torchclf.engine import predict_logits, prediction_batch
 
         frame = self._frame(rows)
         widest = max([self.preprocessor.n_outputs, *(max(p.shape) for p in self.model.parameters() if p.dim())])
         step = max(1, CHUNK_VALUES // widest)
-        batch = _chunk_rows(self.device)  # the engine's batch: 1,024 rows on a CPU
+        batch = prediction_batch(self.device)  # the engine's batch: 1,024 rows on a CPU
         if step >= batch:
             step -= step % batch  # whole multiples of the engine's batch: the same sums as in one pass
         if len(frame) <= min(step, batch):
             return predict_logits(self.model, self.encode(frame, where))
-        # Each batch's logits go straight into one preallocated tensor. Kept in a list for torch.cat (here or
-        # in the engine), the small outputs pin the freed activation memory around them, about 1 KB a row
-        # (57,344 rows, 32 features, hidden 256-256: +59 MB through the engine's cat, +16 MB preallocated).
-        out = None
+        # Every chunk's logits are written by the engine into one tensor (see engine.predict_logits).
+        out = torch.empty((len(frame), self.task.n_outputs), dtype=self.dtype, device=self.device)
         for i in range(0, len(frame), step):
             X = self.encode(frame.iloc[i:i + step], where)
-            for j in range(0, len(X), batch):  # the batches the engine would make of X
-                logits = predict_logits(self.model, X[j:j + batch])
-                if out is None:
-                    out = logits.new_empty((len(frame), logits.shape[1]))
-                out[i + j:i + j + len(logits)] = logits
-                del logits
+            predict_logits(self.model, X, batch, out=out[i:i + len(X)])
         return out
 
     def predict_logits(self, rows, where: str = "input") -> np.ndarray:
