@@ -23,6 +23,11 @@ from torchclf import api
 optuna = pytest.importorskip("optuna")
 
 DATA = "moons:n_samples=200"
+# The fixture's study searches learning rates above the default (1e-3), so that it holds no defaults trial
+# and saves a trial whose settings all differ from the defaults.
+SPACE = {"lr": {"low": 0.003, "high": 0.03, "log": True}}
+SPACE_TOML = "[space]\nlr = { low = 0.003, high = 0.03, log = true }\n"
+FLOATS, TEXTS = ("lr", "weight_decay", "dropout", "label_smoothing"), ("numeric_embedding", "scaling")
 
 # The command line in a subprocess, without the pictures (they cost seconds and are tested in-process),
 # through the console entry (which ends without Python's slow teardown of torch).
@@ -69,8 +74,10 @@ def _finished(study) -> list:
 def tuned(tmp_path_factory):
     """`torchclf tune` on the command line: 4 trials of 6 epochs, seed 3, no pruner, with every picture."""
     out = tmp_path_factory.mktemp("tune") / "best"
+    space = out.parent / "space.toml"
+    space.write_text(SPACE_TOML)
     code, stdout, stderr = run_cli("tune", DATA, "--trials", "4", "--epochs", "6", "--seed", "3", "--pruner", "none",
-                                   "--out", str(out))
+                                   "--space", str(space), "--out", str(out))
     return code, stdout, stderr, out
 
 
@@ -83,27 +90,31 @@ def test_tune_saves_the_best_trial_as_a_run_with_its_study(tuned):
     assert f"run folder: {out}" in stdout
     rows = _trials(out)
     assert [r["state"] for r in rows] == ["complete"] * 4
-    assert list(rows[0]) == ["number", "state", "value", "lr", "weight_decay", "dropout", "batch_size", "width",
-                             "depth", "epochs", "note"]
+    # moons has no categorical column, so onehot_max, which could change nothing, is not searched.
+    names = ["weight_decay", "dropout", "batch_size", "width", "depth", "label_smoothing", "numeric_embedding",
+             "embedding_dim", "scaling", "lr"]
+    assert list(rows[0]) == ["number", "state", "value", *names, "epochs", "note"]
     best = min(rows, key=lambda r: float(r["value"]))
     record = json.loads((out / "model.json").read_text())["extra"]["tune"]
     url = f"sqlite:///{out.resolve()}.optuna.db"
     assert (record["study"], record["storage"], record["trial"]) == ("best", url, int(best["number"]))
     assert record["value"] == float(best["value"])
-    assert record["params"] == {k: (float(best[k]) if k in ("lr", "weight_decay", "dropout") else int(best[k]))
-                                for k in ("lr", "weight_decay", "dropout", "batch_size", "width", "depth")}
+    assert record["params"] == {k: float(best[k]) if k in FLOATS else best[k] if k in TEXTS else int(best[k])
+                                for k in names}
     params = record["params"]
-    assert record["settings"] == {"lr": params["lr"], "weight_decay": params["weight_decay"],
-                                  "dropout": params["dropout"], "batch_size": params["batch_size"],
+    assert record["settings"] == {**{k: v for k, v in params.items() if k not in ("width", "depth")},
                                   "hidden": [params["width"]] * params["depth"]}
     assert record["counts"] == {"complete": 4, "pruned": 0, "fail": 0, "running": 0}
+    assert record["choice"] == {"rule": "the best trial, unless within 2 standard error(s) of the defaults",
+                                "best_trial": int(best["number"]), "best_value": float(best["value"])}
     # The study in the database holds the same trials.
     study = _study(url, "best")
     assert [t.number for t in _finished(study)] == [0, 1, 2, 3]
     assert study.best_trial.number == record["trial"] and study.best_value == record["value"]
-    # The run's own validation loss at its best epoch is the trial's objective.
-    with open(out / "history.csv", newline="") as fh:
-        assert min(float(r["val_loss"]) for r in csv.DictReader(fh)) == record["value"]
+    # The trial's objective is the saved run's validation log loss (of its calibrated probabilities).
+    calibration = json.loads((out / "metrics.json").read_text())["validation"]["calibration"]
+    assert calibration["calibrated"]["log_loss"] == pytest.approx(record["value"], abs=5e-7)  # 6 decimals
+    assert calibration["uncalibrated"]["log_loss"] != pytest.approx(record["value"], abs=5e-7)
 
 
 def test_report_shows_the_tuning_section(tuned):
@@ -132,7 +143,7 @@ def test_a_seeded_study_is_reproducible(tuned, tmp_path, no_tune_pictures):
     out = tmp_path / "again"
 
     again = torchclf.tune(DATA, trials=4, config=api.make_config(train={"epochs": 6, "seed": 3}), pruner="none",
-                          out=out)
+                          space=SPACE, out=out)
     assert _trials(out) == _trials(tuned[3])
     first, second = _weights(tuned[3]), _weights(out)
     assert list(first) == list(second) and all(torch.equal(first[k], second[k]) for k in first)
@@ -163,8 +174,11 @@ def test_pruning_stops_hopeless_trials(tmp_path, no_tune_pictures):
     rows = _trials(tmp_path / "p")
     assert [(r["state"], r["lr"], r["epochs"]) for r in rows] == [
         ("complete", "0.03", "8"), ("complete", "0.03", "8"), ("pruned", "1e-06", "2"),
-        ("complete", "0.03", "8"), ("complete", "0.03", "8"), ("pruned", "1e-06", "2")]
-    assert result.counts == {"complete": 4, "pruned": 2, "fail": 0, "running": 0}
+        ("pruned", "1e-06", "2"), ("pruned", "1e-06", "2"), ("pruned", "1e-06", "2")]
+    assert result.counts == {"complete": 2, "pruned": 4, "fail": 0, "running": 0}
+    # An Optuna pruner is asked, and told the best loss so far, every epoch.
+    trial = result.study.trials[2]
+    assert trial.user_attrs["curve"] == [[e, trial.intermediate_values[e]] for e in (1, 2)]
     # Without a pruner the same study runs every trial to its end.
     result = torchclf.tune(DATA, trials=6, config=api.make_config(train={"epochs": 8}), space=space,
                            out=tmp_path / "n", pruner="none")
@@ -182,7 +196,7 @@ def test_a_study_continues_only_with_the_same_space(tuned, tmp_path):
                       study="best", space={"dropout": 0.3}, out=tmp_path / "x")
     with pytest.raises(TorchclfError, match="the study was started with another fixed settings"):
         torchclf.tune(DATA, trials=5, config=api.make_config(train={"epochs": 7, "seed": 3}), storage=url,
-                      study="best", out=tmp_path / "x")
+                      study="best", space=SPACE, out=tmp_path / "x")
     assert len(_finished(_study(url, "best"))) == 4
 
 
@@ -284,15 +298,17 @@ def test_two_processes_share_one_study(tmp_path, monkeypatch, no_tune_pictures):
     assert sorted(ran[0] + ran[1]) == sorted(t.number for t in finished)
     # The workers never drew the same random start.
     assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 6
-    # One saved the best trial; the other said where.
-    assert json.loads((out / "model.json").read_text())["extra"]["tune"]["trial"] == study.best_trial.number
+    # One saved the chosen trial; the other said where.
+    from torchclf.tune import choose_trial
+
+    assert json.loads((out / "model.json").read_text())["extra"]["tune"]["trial"] == choose_trial(study)[0].number
     said = [out_text + err for out_text, err in outputs]
     assert sum("another process is saving" in s or "already holds the best configuration" in s for s in said) == 1
 
 BAD_SPACES = [
     ("[space]\nlearning_rate = { low = 0.001, high = 0.1 }\n",
      "unknown parameter 'learning_rate'; known: width, depth, hidden, activation, dropout, norm, numeric_embedding, "
-     "embedding_dim, epochs"),
+     "periodic_max, embedding_dim, epochs"),
     ("[space]\nlr = { low = 0.1, high = 0.001, log = true }\n", "lr: low 0.1 is not below high 0.001"),
     ("[space]\ndropout = { low = 0.0, high = 1.5 }\n",
      "dropout: high 1.5 is outside the parameter's bounds (>= 0 and < 1)"),
@@ -321,10 +337,17 @@ def test_a_bad_space_file_is_one_line_and_exit_2(tmp_path, text, message):
 
 @pytest.mark.parametrize("args, message", [
     (("--val-size", "0"), "tune: needs validation rows to score trials on"),
-    (("--pruner", "mean"), "--pruner: got 'mean', expected one of median, halving, none"),
+    (("--pruner", "mean"), "--pruner: got 'mean', expected one of quartile, median, halving, none"),
     (("--timeout", "0"), "--timeout: got 0.0, expected a number of seconds above 0"),
-    (("--lr", "0.01", "--weight-decay", "0", "--dropout", "0", "--batch-size", "32", "--hidden", "8"),
-     "tune: the flags hidden, dropout, batch_size, lr, weight_decay fix every searched parameter"),
+    (("--lr", "0.01", "--weight-decay", "0", "--dropout", "0", "--batch-size", "32", "--hidden", "8",
+      "--label-smoothing", "0", "--numeric-embedding", "none", "--embedding-dim", "4", "--scaling", "robust",
+      "--onehot-max", "4"),
+     ("tune: the flags hidden, dropout, numeric_embedding, embedding_dim, batch_size, lr, weight_decay, "
+      "label_smoothing, onehot_max, scaling fix every searched parameter")),
+    # onehot_max is left, but moons has no categorical column for it to change.
+    (("--lr", "0.01", "--weight-decay", "0", "--dropout", "0", "--batch-size", "32", "--hidden", "8",
+      "--label-smoothing", "0", "--numeric-embedding", "none", "--embedding-dim", "4", "--scaling", "robust"),
+     "moons: the parameters left to search cannot change a model of these columns"),
 ])
 def test_bad_options_are_one_line_and_exit_2(tmp_path, args, message):
     code, _, stderr = run_cli("tune", DATA, *args, "--out", str(tmp_path / "o"))
@@ -335,9 +358,11 @@ def test_flags_are_fixed_and_leave_the_search(tmp_path):
     from torchclf.tune import DEFAULT_SPACE, parse_space
 
     space = DEFAULT_SPACE.without(["lr", "hidden"])
-    assert space.names == ["weight_decay", "dropout", "batch_size"]
+    assert space.names == ["weight_decay", "dropout", "batch_size", "label_smoothing", "numeric_embedding",
+                           "embedding_dim", "scaling", "onehot_max"]
     space = parse_space({"hidden": ["64", [32, 32]], "batch_size": [32, "full"], "dropout": 0.1})
-    assert space.names == ["lr", "weight_decay", "hidden", "batch_size"]
+    assert space.names == ["lr", "weight_decay", "label_smoothing", "numeric_embedding", "embedding_dim", "scaling",
+                           "onehot_max", "hidden", "batch_size"]
     assert space.fixed == {"dropout": 0.1}
     assert space.settings({"hidden": "32,32", "batch_size": "full", "lr": 0.5}) == {
         "dropout": 0.1, "hidden": (32, 32), "batch_size": None, "lr": 0.5}
@@ -350,3 +375,136 @@ def test_torchclf_tune_is_the_function_even_after_importing_the_module():
 
     with pytest.raises(TorchclfError, match="--trials: got 0, expected a whole number of trials >= 1"):
         torchclf.tune(DATA, trials=0)
+
+
+def test_the_default_space_is_checked_against_the_table_and_holds_its_defaults():
+    from torchclf.config import PARAM, RunConfig
+    from torchclf.tune import (
+        DEFAULT_SPACE,
+        DEFAULT_TABLE,
+        default_params,
+        parse_space,
+        searchable,
+    )
+
+    # Parsed like a space file (each range and choice passed its table row's checks), over every option
+    # of the default recipe.
+    assert DEFAULT_SPACE.names == list(DEFAULT_TABLE) and set(DEFAULT_SPACE.names) <= set(searchable())
+    assert {"numeric_embedding", "embedding_dim", "label_smoothing", "scaling", "onehot_max"} <= set(DEFAULT_TABLE)
+    # Every table default lies inside: 1,000 training rows make the automatic batch size 64.
+    assert default_params(DEFAULT_SPACE, RunConfig(), 1000) == {
+        **{name: PARAM[name].default for name in DEFAULT_SPACE.names if name in PARAM},
+        "batch_size": 64, "width": 256, "depth": 2}
+    assert default_params(DEFAULT_SPACE, RunConfig(), 40_000)["batch_size"] == 512
+    # A fixed setting counts as the default; a default outside the space means no defaults trial.
+    config = api.make_config(train={"lr": 0.01})
+    assert default_params(DEFAULT_SPACE.without(["lr"]), config, 1000)["weight_decay"] == 0.01
+    assert default_params(parse_space(SPACE), RunConfig(), 1000) is None
+    assert default_params(parse_space({"hidden": ["64", "256,256"]}), RunConfig(), 1000)["hidden"] == "256,256"
+
+
+def test_dimensions_that_cannot_change_the_model_are_not_searched():
+    import pandas as pd
+
+    from torchclf.config import RunConfig
+    from torchclf.preprocess import Preprocessor
+    from torchclf.tune import DEFAULT_SPACE, fit_to_data, parse_space
+
+    frame = pd.DataFrame({"x": [0.1, 0.5, 0.9, 0.3, 0.7, 0.2] * 10, "city": list("abcdef") * 10})
+    names = DEFAULT_SPACE.names
+
+    def searched(columns, space=DEFAULT_SPACE):
+        return fit_to_data(space, Preprocessor(100, onehot_max=16).fit(columns), RunConfig()).names
+
+    # Six categories: onehot_max 4 embeds the column, 16 and 64 one-hot encode it.
+    assert searched(frame) == names
+    assert searched(frame[["x"]]) == [n for n in names if n != "onehot_max"]
+    assert searched(frame[["city"]]) == [n for n in names if n not in ("scaling", "numeric_embedding")]
+    three = frame[["city"]].replace({"d": "a", "e": "b", "f": "c"})
+    assert searched(three) == [n for n in names if n not in ("scaling", "numeric_embedding", "onehot_max",
+                                                               "embedding_dim")]
+    # A space file's own choices are searched as written.
+    assert "onehot_max" in searched(three, parse_space({"onehot_max": [8, 16]}))
+
+
+def test_the_defaults_are_the_first_trial(tmp_path, no_tune_pictures):
+    import torchclf
+    from torchclf.tune import choose_trial, unpack_losses
+
+    result = torchclf.tune(DATA, trials=3, config=api.make_config(train={"epochs": 12}), out=tmp_path / "d")
+    first = result.study.trials[0]
+    assert first.user_attrs["defaults"] is True
+    assert first.params == {"lr": 0.001, "weight_decay": 0.01, "dropout": 0.2, "batch_size": 64, "width": 256,
+                            "depth": 2, "label_smoothing": 0.1, "numeric_embedding": "periodic", "embedding_dim": 8,
+                            "scaling": "standard"}
+    # The pruner is asked at epochs 5 and 10, and only those reach the database; the curve has every epoch.
+    assert sorted(first.intermediate_values) == [5, 10]
+    assert [epoch for epoch, _ in first.user_attrs["curve"]] == list(range(1, 13))
+    assert first.value == pytest.approx(unpack_losses(first.user_attrs["row_losses"]).mean(), rel=1e-6)
+    chosen, choice = choose_trial(result.study)
+    assert (result.best_trial, result.choice) == (chosen.number, choice) and choice["defaults_trial"] == 0
+
+
+def test_the_best_trial_replaces_the_defaults_only_when_clearly_better():
+    import numpy as np
+    from optuna.distributions import FloatDistribution
+
+    from torchclf.tune import choose_trial, pack_losses
+
+    defaults = np.array([0.5, 0.25, 0.75, 1.0])  # exact in float32, as the losses are stored
+
+    def study_with(other):
+        study = optuna.create_study()
+        for losses, attrs in ((defaults, {"defaults": True}), (other, {})):
+            study.add_trial(optuna.trial.create_trial(
+                params={"lr": 0.001}, distributions={"lr": FloatDistribution(1e-4, 1.0)}, value=float(losses.mean()),
+                user_attrs={**attrs, "row_losses": pack_losses(losses)}))
+        return study
+
+    rule = "the best trial, unless within 2 standard error(s) of the defaults"
+    # 0.125 lower on every row: clearly better.
+    trial, choice = choose_trial(study_with(defaults - 0.125))
+    assert trial.number == 1 and choice == {"rule": rule, "best_trial": 1, "best_value": 0.5, "defaults_trial": 0,
+                                            "defaults_value": 0.625, "difference": -0.125, "standard_error": 0.0}
+    # 0.0625 lower on average, but rows differ by -0.5, 0.25, -0.25, 0.25: a standard error of 0.1875.
+    study = study_with(defaults + np.array([-0.5, 0.25, -0.25, 0.25]))
+    trial, choice = choose_trial(study)
+    assert trial.number == 0 and choice == {"rule": rule, "best_trial": 1, "best_value": 0.5625, "defaults_trial": 0,
+                                            "defaults_value": 0.625, "difference": -0.0625, "standard_error": 0.1875}
+    assert choose_trial(study, within=0)[0].number == 1
+    # 0.0625 lower on average, rows by -0.125, -0.125, 0, 0: 1.7 standard errors, kept within 2 but not within 1.
+    study = study_with(defaults + np.array([-0.125, -0.125, 0.0, 0.0]))
+    trial, choice = choose_trial(study)
+    assert trial.number == 0 and choice["standard_error"] == pytest.approx((0.015625 / 3) ** 0.5 / 2, rel=1e-12)
+    assert choose_trial(study, within=1)[0].number == 1
+
+
+def test_a_trial_reuses_the_split_and_preprocessing_and_seeds_its_network_as_ever():
+    import torch
+
+    spec = api.RunSpec(DATA, config=api.make_config(model={"hidden": (16,)}))
+    first = api.prepare(spec)
+    other = spec.with_config(api.make_config(model={"hidden": (8, 8)}, train={"lr": 0.01}))
+    again, fresh = api.prepare(other, reuse=first), api.prepare(other)
+    assert again.splits is first.splits and again.predictor.preprocessor is first.predictor.preprocessor
+    mine, theirs = again.predictor.model.state_dict(), fresh.predictor.model.state_dict()
+    assert list(mine) == list(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with pytest.raises(ValueError, match="the split and preprocessing settings differ"):
+        api.prepare(spec.with_config(api.make_config(data={"scaling": "robust"})), reuse=first)
+
+
+def test_row_losses_average_to_the_log_loss():
+    import numpy as np
+
+    from torchclf.metrics import log_loss, row_log_loss
+    from torchclf.task import Task
+
+    cases = [(Task("binary", 2), np.array([1, 0]), np.array([[0.2, 0.8], [0.6, 0.4]]), [-np.log(0.8), -np.log(0.6)]),
+             (Task("multiclass", 3), np.array([2, 0]), np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2]]),
+              [-np.log(0.7), -np.log(0.5)]),
+             (Task("multilabel", 2), np.array([[1, 0], [0, 0]]), np.array([[0.9, 0.3], [0.2, 0.4]]),
+              [-(np.log(0.9) + np.log(0.7)) / 2, -(np.log(0.8) + np.log(0.6)) / 2])]
+    for task, y, proba, expected in cases:
+        rows = row_log_loss(task, y, proba)
+        assert rows == pytest.approx(expected, rel=1e-12)
+        assert rows.mean() == pytest.approx(log_loss(task, y, proba), rel=1e-12)

@@ -474,7 +474,7 @@ def tune(
     storage: Optional[str] = typer.Option(None, "--storage", help="Study database: a URL such as sqlite:///study.db or postgresql://..., or an SQLite file (default: OUT.optuna.db)."),
     study: Optional[str] = typer.Option(None, "--study", help="The study's name in the storage (default: OUT's folder name)."),
     space: Optional[Path] = typer.Option(None, "--space", help="A TOML file with a [space] table over the default search space (see docs/tune.md)."),
-    pruner: str = typer.Option("median", "--pruner", help="Stop hopeless trials early: median, halving or none."),
+    pruner: str = typer.Option("quartile", "--pruner", help="Stop hopeless trials early: quartile, median, halving or none (see docs/tune.md)."),
     task: str = typer.Option("auto", help=", ".join(TASKS) + "."),
     label_sep: Optional[str] = typer.Option(None, help="Multilabel separator, as for train."),
     test: Optional[Path] = typer.Option(None, help="A separate labelled test file, as for train (never used to tune)."),
@@ -506,9 +506,9 @@ def tune(
     if tuned.result is not None:
         kind = tuned.result.predictor.task.kind
         finished = tuned.counts["complete"] + tuned.counts["pruned"]
-        print_metrics(tuned.result.metrics, kind, title=f"{data}: best of {finished} trials (trial "
-                      f"{tuned.best_trial}), {kind}, {len(tuned.result.history)} epochs")
-    typer.echo(f"best trial {tuned.best_trial}: validation loss {tuned.value:.4f}; the same weights: "
+        print_metrics(tuned.result.metrics, kind, title=f"{data}: trial {tuned.best_trial} of {finished}, "
+                      f"{kind}, {len(tuned.result.history)} epochs")
+    typer.echo(f"saved trial {tuned.best_trial}: validation loss {tuned.value:.4f}; the same weights: "
                f"{tuned.train_command}")
     typer.echo(f"run folder: {tuned.run_dir}")
 

@@ -251,6 +251,18 @@ def log_loss(task: Task, y_true: np.ndarray, proba: np.ndarray, eps: float = 1e-
     return float(-np.mean(outcome * np.log(score) + (1 - outcome) * np.log1p(-score)))
 
 
+def row_log_loss(task: Task, y_true: np.ndarray, proba: np.ndarray, eps: float = 1e-15) -> np.ndarray:
+    """Each row's term of :func:`log_loss`, shape (n_samples,) (multilabel: the mean over the row's labels);
+    its mean is the log loss."""
+    p = np.clip(np.asarray(proba, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(y_true)
+    if task.kind == "multiclass":
+        return -np.log(p[np.arange(len(y)), y.astype(np.int64)])
+    score, outcome = calibration_pairs(task, y, p)
+    terms = -(outcome * np.log(score) + (1 - outcome) * np.log1p(-score))
+    return terms.reshape(len(y), -1).mean(axis=1)
+
+
 def calibration_metrics(task: Task, y_true: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> dict:
     """``ece``, ``brier`` and ``log_loss`` of one set of rows, as plain floats."""
     score, outcome = calibration_pairs(task, y_true, proba)
