@@ -3,10 +3,14 @@ from the data, and that the tutorial's presets keep the tutorial's plain inputs.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli
 
 from torchclf import api, artifact
 from torchclf.config import PARAM, ModelConfig, RunConfig, batch_rows, with_values
@@ -106,13 +110,26 @@ def test_past_onehot_rare_max_categories_a_column_of_rare_ones_is_embedded_all_t
     assert [c.embed for c in pre.columns] == [True, True]
 
 
-def test_embed_rows_is_a_recipe_default_and_saved_configs_without_it_keep_what_they_did():
-    assert (PARAM["embed_rows"].default, PARAM["periodic_max"].default, PARAM["patience_min"].default) == (8, 32, 15)
-    old = RunConfig().to_dict()
-    del old["data"]["embed_rows"], old["model"]["periodic_max"], old["train"]["patience_min"]
+# A run folder written by torchclf 0.1 (commit b9c7aa8: `torchclf train rows.csv --target label --hidden 8
+# --epochs 3`), with its `torchclf predict` output: its configuration has none of the recipe's rows.
+RUN_0_1 = Path(__file__).parent / "data" / "run_0_1"
+
+
+def test_saved_configs_without_the_recipe_rows_keep_what_they_did():
+    assert (PARAM["embed_rows"].default, PARAM["periodic_max"].default, PARAM["patience_min"].default,
+            PARAM["numeric_embedding"].default) == (8, 32, 15, "periodic")
+    old = json.loads((RUN_0_1 / "model.json").read_text())["config"]
+    assert "numeric_embedding" not in old["model"] and "patience_min" not in old["train"]
     loaded = RunConfig.from_dict(old)
-    # Runs from before these rows embedded every numeric column and chose embeddings by categories alone.
-    assert (loaded.data.embed_rows, loaded.model.periodic_max, loaded.train.patience_min) == (None, None, 15)
+    # Plain numeric inputs, a fixed wait, and embeddings chosen by the number of categories alone.
+    assert (loaded.model.numeric_embedding, loaded.train.patience_min, loaded.data.embed_rows,
+            loaded.model.periodic_max) == ("none", None, None, None)
+
+
+def test_a_run_folder_of_0_1_loads_and_predicts_as_it_did(tmp_path):
+    code, _, err = run_cli("predict", str(RUN_0_1), str(RUN_0_1 / "rows.csv"), "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    assert (tmp_path / "p.csv").read_bytes() == (RUN_0_1 / "predictions.csv").read_bytes()
 
 
 def test_embedded_columns_survive_the_manifest_round_trip_and_old_manifests_load():

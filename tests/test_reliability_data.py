@@ -130,6 +130,18 @@ def test_an_encoding_larger_than_memory_is_refused_with_the_size_and_a_fix(tmp_p
                         "drop that column\n"), err
 
 
+def test_a_column_kept_one_hot_for_its_rare_categories_gets_the_embed_rows_fix(tmp_path, quick, monkeypatch):
+    monkeypatch.setattr(preprocess, "available_memory", lambda: 4 * 2**20, raising=False)
+    n = 6000
+    # 1,000 users of 6 rows each: over --onehot-max, but too rare to embed under the default --embed-rows
+    frame = pd.DataFrame({"x1": np.random.default_rng(0).normal(size=n), "id": [f"u{i % 1000}" for i in range(n)],
+                          "label": ["a", "b"] * (n // 2)})
+    frame.to_csv(tmp_path / "users.csv", index=False)
+    err = _fails(tmp_path, tmp_path / "users.csv", "--target", "label")
+    assert "one-hot inputs: embed it with --embed-rows none (embed_rows), which embeds it although its " \
+           "categories are rare, lower --max-categories" in err, err
+
+
 def test_available_memory_is_read_from_the_system():
     available = preprocess.available_memory()
     assert isinstance(available, int) and available > 2**20

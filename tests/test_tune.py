@@ -368,6 +368,19 @@ def test_flags_are_fixed_and_leave_the_search(tmp_path):
         "dropout": 0.1, "hidden": (32, 32), "batch_size": None, "lr": 0.5}
 
 
+def test_trials_never_refit_and_the_saved_run_does_when_asked(tmp_path, monkeypatch, no_tune_pictures):
+    calls = []
+    refit = api.refit_network
+    monkeypatch.setattr(api, "refit_network", lambda *a, **k: calls.append(1) or refit(*a, **k))
+    out = tmp_path / "refit"
+    code, _, stderr = run_cli("tune", DATA, "--trials", "2", "--epochs", "4", "--pruner", "none", "--refit",
+                              "--out", str(out))
+    assert code == 0, stderr
+    assert calls == [1]  # the saved run only: a trial scored on rows it trained on would look better than it is
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["config"]["train"]["refit"] is True
+
+
 def test_torchclf_tune_is_the_function_even_after_importing_the_module():
     import torchclf
     import torchclf.tune  # sets the package's attribute to the module

@@ -583,8 +583,9 @@ def _parts(manifest: dict, where: str):
     # Count what the preprocessing and labels ask for before anything is built from them.
     columns = manifest["preprocess"].get("columns")
     if isinstance(columns, list):
+        # An embedded column is one code wide; its embedding's size is checked with the network's parameters.
         width = sum(len(c["categories"]) + 1 if isinstance(c, dict) and isinstance(c.get("categories"), list)
-                    else 1 for c in columns)
+                    and c.get("embed") is not True else 1 for c in columns)
         expect(width <= MAX_WIDTH, "preprocess.columns",
                f"at most {MAX_WIDTH} encoded inputs in all, one-hot categories included (found {width})")
     classes = manifest["labels"].get("classes")

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from torchclf.config import TASKS  # a leaf module: the help texts take the task names from it
+from torchclf.config import PRUNERS, TASKS  # a leaf module: the help texts take their names from it
 
 app = typer.Typer(
     name="torchclf",
@@ -474,7 +474,7 @@ def tune(
     storage: Optional[str] = typer.Option(None, "--storage", help="Study database: a URL such as sqlite:///study.db or postgresql://..., or an SQLite file (default: OUT.optuna.db)."),
     study: Optional[str] = typer.Option(None, "--study", help="The study's name in the storage (default: OUT's folder name)."),
     space: Optional[Path] = typer.Option(None, "--space", help="A TOML file with a [space] table over the default search space (see docs/tune.md)."),
-    pruner: str = typer.Option("quartile", "--pruner", help="Stop hopeless trials early: quartile, median, halving or none (see docs/tune.md)."),
+    pruner: str = typer.Option(PRUNERS[0], "--pruner", help=f"Stop hopeless trials early: {', '.join(PRUNERS)} (see docs/tune.md)."),
     task: str = typer.Option("auto", help=", ".join(TASKS) + "."),
     label_sep: Optional[str] = typer.Option(None, help="Multilabel separator, as for train."),
     test: Optional[Path] = typer.Option(None, help="A separate labelled test file, as for train (never used to tune)."),

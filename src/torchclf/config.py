@@ -31,6 +31,8 @@ SCHEDULES = ("none", "plateau", "cosine")
 PRECISIONS = ("float32", "bfloat16", "float16")
 CALIBRATIONS = ("temperature", "isotonic")
 TASKS = ("auto", "binary", "multiclass", "multilabel")
+# `torchclf tune`'s pruners (docs/tune.md); the first is the default. Here, a leaf module, for the help.
+PRUNERS = ("quartile", "median", "halving", "none")
 NUMERIC_EMBEDDINGS = ("none", "periodic")
 SCALINGS = ("standard", "robust")
 SECTIONS = ("model", "train", "data")
@@ -279,7 +281,7 @@ PARAMS: tuple[Param, ...] = (
     Param("numeric_embedding", "model", "periodic", "How each numeric column enters the network: as it is "
           "('none'), or also through learnt periodic features (sin and cos of learnt frequencies, then a "
           "small linear layer per column), which let the network bend its boundary along each column.",
-          kind="str", choices=NUMERIC_EMBEDDINGS),
+          kind="str", choices=NUMERIC_EMBEDDINGS, absent="none"),
     Param("periodic_max", "model", 32, "Periodic numeric embeddings only on tables with at most this many numeric "
           "columns: their cost grows with the columns while their gain fades (on 64 columns they more than "
           "doubled the training time for no accuracy); 'none' embeds any number.", kind="int", low=1, none="none",
@@ -307,8 +309,9 @@ PARAMS: tuple[Param, ...] = (
     Param("patience", "train", 30, "Stop after this many evaluations without improvement; 0 = off.",
           kind="int", low=0, estimator="n_iter_no_change"),
     Param("patience_min", "train", 15, "An early best waits less: stop after as many evaluations without "
-          "improvement as it took to reach the best, but at least this many (and at most the patience); set it "
-          "to the patience for a fixed wait.", kind="int", low=1, estimator="n_iter_no_change_min"),
+          "improvement as it took to reach the best, but at least this many (and at most the patience); 'none' "
+          "for a fixed wait of the patience.", kind="int", low=1, none="none", estimator="n_iter_no_change_min",
+          absent=None),
     Param("seed", "train", 2, "Seed for the split, initialisation and shuffling.", kind="int", low=0,
           high=2**32 - 1, estimator=None, page=(0, 2**31 - 1), page_default=0, shared=True),
     Param("device", "train", "auto", "Where to train.", kind="str", choices=DEVICES),

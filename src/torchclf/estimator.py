@@ -119,7 +119,7 @@ _DOC: dict[str, tuple[str | None, str]] = {
                  "loss, as MLPClassifier does. 0 never stops early."),
     "patience_min": (None, "With early stopping, an early best waits less: training stops after as many "
                      "evaluations without improvement as it took to reach the best, at least this many and at "
-                     "most ``n_iter_no_change``; set it to ``n_iter_no_change`` for a fixed wait."),
+                     "most ``n_iter_no_change``; None for a fixed wait of ``n_iter_no_change``."),
     "threads": (None, "CPU threads for torch while fitting (None: the engine's choice); torch's own setting "
                 "is the same after ``fit`` as before."),
     "drop": ("str or tuple of str", "Columns of X to leave out (by name; x0, x1, ... for arrays). Identifier "

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from torchclf.data.columns import MOSTLY_NOT_DATES
 from torchclf.errors import TorchclfError
 from torchclf.preprocess import MAX_SCALED, MISSING, _as_float
 
@@ -962,7 +963,8 @@ def with_gaps(predictor, frame: pd.DataFrame, unseen: str = "never seen in train
         unseen_rows = where == 1
         if kind == "date":
             dates = _reads_as_dates(predictor, name, out[col])
-            room = int(out[col].notna().sum()) // 2 - int((out[col].notna() & ~dates).sum())
+            # Non-dates stay under the share the predictor refuses: the gaps' unseen values among them.
+            room = int(MOSTLY_NOT_DATES * int(out[col].notna().sum())) - int((out[col].notna() & ~dates).sum())
             unseen_rows &= dates
             unseen_rows &= np.cumsum(unseen_rows) <= room
         out.loc[unseen_rows, col] = unseen

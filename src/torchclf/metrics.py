@@ -243,12 +243,7 @@ def log_loss(task: Task, y_true: np.ndarray, proba: np.ndarray, eps: float = 1e-
 
     Multilabel: the mean over labels of each label's binary log loss.
     """
-    p = np.clip(np.asarray(proba, dtype=np.float64), eps, 1 - eps)
-    y = np.asarray(y_true)
-    if task.kind == "multiclass":
-        return float(-np.mean(np.log(p[np.arange(len(y)), y.astype(np.int64)])))
-    score, outcome = calibration_pairs(task, y, p)
-    return float(-np.mean(outcome * np.log(score) + (1 - outcome) * np.log1p(-score)))
+    return float(np.mean(row_log_loss(task, y_true, proba, eps)))
 
 
 def row_log_loss(task: Task, y_true: np.ndarray, proba: np.ndarray, eps: float = 1e-15) -> np.ndarray:
@@ -260,7 +255,7 @@ def row_log_loss(task: Task, y_true: np.ndarray, proba: np.ndarray, eps: float =
         return -np.log(p[np.arange(len(y)), y.astype(np.int64)])
     score, outcome = calibration_pairs(task, y, p)
     terms = -(outcome * np.log(score) + (1 - outcome) * np.log1p(-score))
-    return terms.reshape(len(y), -1).mean(axis=1)
+    return terms.reshape(len(y), -1).mean(axis=1) if len(y) else terms  # (0, -1) is no shape
 
 
 def calibration_metrics(task: Task, y_true: np.ndarray, proba: np.ndarray, n_bins: int = ECE_BINS) -> dict:

@@ -554,9 +554,10 @@ class Preprocessor:
             return
         widest = max(self.columns, key=lambda c: c.width if c.kind == "categorical" else 0)
         if widest.kind == "categorical" and widest.width > 100:
-            fix = (f"column {widest.name!r} alone has {widest.width:,} one-hot inputs: embed it with --onehot-max "
-                   f"{PARAM['onehot_max'].default} (onehot_max), lower --max-categories (max_categories) "
-                   "or drop that column")
+            embed = (f"--onehot-max {PARAM['onehot_max'].default} (onehot_max)" if self.onehot_max is None
+                     else "--embed-rows none (embed_rows), which embeds it although its categories are rare")
+            fix = (f"column {widest.name!r} alone has {widest.width:,} one-hot inputs: embed it with {embed}, "
+                   "lower --max-categories (max_categories) or drop that column")
         else:
             fix = "encode fewer rows at a time, or use fewer columns"
         raise TorchclfError(

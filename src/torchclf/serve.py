@@ -48,8 +48,9 @@ _WIDE = 2.0**63  # orjson reads an integer beyond 64 bits as a float, always at 
 
 @functools.cache
 def _orjson():
-    """The orjson module (the deploy extra), or None: it reads a 10,000-row body about 4 times and writes
-    the answer about 10 times faster than the standard library, with the same values."""
+    """The orjson module (the deploy extra), or None: with the same values, it reads a 10,000-row body as
+    ``columns`` 1.6 to 5 times faster than the standard library (as ``records`` 0.9 to 1.4 times) and writes
+    the answer about 10 times faster (benchmarks/deploy.py, docs/deploy.md)."""
     try:
         import orjson
     except ImportError:
@@ -83,11 +84,12 @@ class Served:
     def __init__(self, name: str, predictor, backend: str = "auto"):
         if backend not in BACKENDS:
             raise TorchclfError(f"serve --backend {backend}: expected one of {', '.join(BACKENDS)}")
+        from torchclf.export import input_kinds  # onnx itself is imported only to export
+
         self.name, self.predictor = name, predictor
-        dates = predictor.preprocessor.plan.sources()  # a date's parts -> the date column, sent as text
-        self.features = list(dict.fromkeys(
-            (dates.get(c.name, c.name), "number" if c.kind == "numeric" and c.name not in dates else "string")
-            for c in predictor.preprocessor.columns))
+        # The raw columns, as the graph takes them: a date column is sent as text.
+        self.features = [(column, "number" if kind == "number" else "string")
+                         for column, kind in input_kinds(predictor.preprocessor).items()]
         self.classes = list(predictor.classes)
         self.session, self.backend, self.note = None, "torch", ""
         if backend != "torch":

@@ -46,12 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from torchclf.callbacks import Callback
-from torchclf.config import PARAM, PARAMS, RunConfig, batch_rows, read_toml, with_values
+from torchclf.config import PARAM, PARAMS, PRUNERS, RunConfig, batch_rows, read_toml, with_values
 from torchclf.errors import TorchclfError
 from torchclf.spec import RunSpec
 
 INSTALL = "pip install 'torchclf[tune]'"
-PRUNERS = ("quartile", "median", "halving", "none")
 #: Parameters that make up ``hidden``: ``depth`` layers of ``width`` units each.
 SHAPE = ("width", "depth")
 # Table parameters that are never searched. The split and seed define the rows the objective is measured
@@ -60,7 +59,11 @@ SHAPE = ("width", "depth")
 # change where and how fast a run trains, not the model.
 NOT_SEARCHED = {p.name for p in PARAMS if p.shared} | {"class_weight", "calibration", "threshold", "device",
                                                        "threads", "log_every", "compile", "precision",
-                                                       "drop"}  # which columns to use is the data's, not a search's
+                                                       "drop",  # which columns to use is the data's, not a search's
+                                                       "refit"}  # a trial is scored on its validation rows
+# Trials never refit on train + validation (they are scored on the validation rows); the saved run does
+# when asked.
+TRIAL_SETTINGS = {"refit": False}
 # Seconds between a running trial's heartbeats in the database; a trial silent for GRACE_BEATS of them
 # belongs to a process that died, and is marked failed so that its place in the study is freed.
 HEARTBEAT_SECONDS = 5
@@ -961,7 +964,7 @@ def tune(
     config: RunConfig | None = None,
     test=None,
     label_sep: str | None = None,
-    pruner="quartile",
+    pruner=PRUNERS[0],
     verbose: bool = False,
     write: Callable[[str], None] | None = None,
 ) -> TuneResult:
@@ -1130,7 +1133,7 @@ def _optimize(study, space: SearchSpace, rows: RunSpec, n: int, deadline: float 
         pruning = Pruning(trial, next_ask)
         losses = None
         try:
-            config = with_values(rows.config, space.settings(params))
+            config = with_values(rows.config, {**space.settings(params), **TRIAL_SETTINGS})
             prepared = api.prepare(rows.with_config(config), reuse=prepared_for.get(config.data))
             prepared_for.setdefault(config.data, prepared)
             with accel.threads(config.train.threads):
