@@ -203,6 +203,18 @@ def test_keep_passes_identifiers_through_unchanged(made, tmp_path, small_chunks,
     assert got["prediction"].tolist() == want["prediction"].tolist()
 
 
+def test_a_kept_number_column_whole_in_the_first_chunk_only_goes_to_parquet(made, tmp_path, small_chunks):
+    rows = pd.read_csv(made / "new.csv", dtype={"id": str})
+    rows["x1"] = [str(i) for i in range(len(rows))]  # written as whole numbers: "7", not "7.0"
+    rows.loc[CHUNK + 3, "x1"], rows.loc[2 * CHUNK + 1, "x1"] = "2.5", None  # chunk 1 reads as int64, 2 and 3 float64
+    rows.to_csv(tmp_path / "ints.csv", index=False)
+    code, _, err = run_cli("predict", str(made / "kind"), str(tmp_path / "ints.csv"), "--out",
+                           str(tmp_path / "p.parquet"), "--keep", "x1", "--label-only")
+    assert code == 0, err
+    np.testing.assert_array_equal(pd.read_parquet(tmp_path / "p.parquet")["x1"].to_numpy(),
+                                  pd.to_numeric(rows["x1"]).to_numpy())
+
+
 def test_top_k_gives_the_most_probable_classes_in_order(made, tmp_path, small_chunks):
     code, _, err = run_cli("predict", str(made / "kind"), str(made / "new.parquet"), "--out",
                            str(tmp_path / "p.parquet"), "--top-k", "2")

@@ -162,8 +162,20 @@ class _CsvSource(_Source):
                     part = next(reader, None)
                 if part is None:
                     return
-                yield part, [pa.array(part[c], type=pa.string(), from_pandas=True) if c in text
-                             else pa.Array.from_pandas(part[c]) for c in keep]
+                yield part, [_kept_column(part[c], c in text) for c in keep]
+
+
+def _kept_column(values: pd.Series, as_text: bool):
+    """A kept CSV column as an Arrow array of one type in every chunk: text, or float64 for numbers (pandas
+    reads whole numbers as int64 in a chunk without gaps and as float64 in one with; the CSV writer writes
+    35.0 as 35 either way)."""
+    import pyarrow as pa
+
+    if as_text:
+        return pa.array(values, type=pa.string(), from_pandas=True)
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return pa.array(values, type=pa.float64(), from_pandas=True)
+    return pa.Array.from_pandas(values)
 
 
 class _ParquetSource(_Source):
