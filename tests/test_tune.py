@@ -438,6 +438,9 @@ def test_dimensions_that_cannot_change_the_model_are_not_searched():
                                                                "embedding_dim")]
     # A space file's own choices are searched as written.
     assert "onehot_max" in searched(three, parse_space({"onehot_max": [8, 16]}))
+    # More numeric columns than periodic_max (32): no numeric column can be embedded, the choice changes nothing.
+    wide = pd.DataFrame({f"x{i}": frame["x"] * (i + 1) for i in range(33)})
+    assert searched(wide) == [n for n in names if n not in ("onehot_max", "numeric_embedding", "embedding_dim")]
 
 
 def test_the_defaults_are_the_first_trial(tmp_path, no_tune_pictures):

@@ -150,8 +150,6 @@ class _CsvSource(_Source):
         self.columns = header
 
     def chunks(self, rows, keep):
-        import pyarrow as pa
-
         text = {c: str for c in self.columns if c in self.text_columns or (c in keep and c not in self.features)}
         with _read_errors(self.path, "csv"):
             reader = pd.read_csv(self.path, encoding="utf-8", low_memory=False, sep=self.sep, decimal=self.decimal,

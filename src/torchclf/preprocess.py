@@ -15,6 +15,7 @@ import pandas as pd
 
 from torchclf.config import ONEHOT_RARE_MAX, PARAM, SCALINGS
 from torchclf.data.columns import ColumnPlan
+from torchclf.data.columns import expect_manifest as _expect
 from torchclf.data.sources import DataWarning, drop_nested_columns
 from torchclf.errors import TorchclfError
 
@@ -169,11 +170,6 @@ def _column_lookup(frame: pd.DataFrame, where: str) -> dict:
 
 
 # ----- checking state read from a file -------------------------------------------
-def _expect(ok: bool, field: str, expected: str) -> None:
-    if not ok:
-        raise TorchclfError(f"invalid manifest: {field} must be {expected}; re-train or restore the model")
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

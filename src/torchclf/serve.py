@@ -84,7 +84,8 @@ class Served:
     def __init__(self, name: str, predictor, backend: str = "auto"):
         if backend not in BACKENDS:
             raise TorchclfError(f"serve --backend {backend}: expected one of {', '.join(BACKENDS)}")
-        from torchclf.export import input_kinds  # onnx itself is imported only to export
+        # onnx itself is imported only to export
+        from torchclf.export import input_kinds
 
         self.name, self.predictor = name, predictor
         # The raw columns, as the graph takes them: a date column is sent as text.

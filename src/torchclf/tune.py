@@ -41,7 +41,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,9 @@ INSTALL = "pip install 'torchclf[tune]'"
 SHAPE = ("width", "depth")
 # Table parameters that are never searched. The split and seed define the rows the objective is measured
 # on, and class weights the loss it is measured in, so trials that changed them would not be comparable;
-# calibration and the threshold come after training and leave the validation loss as it is; the others
-# change where and how fast a run trains, not the model.
+# calibration is fitted on the validation rows the objective scores (a search would favour the one that
+# fits them closest), and the threshold acts after the probabilities; the others change where and how fast
+# a run trains, not the model.
 NOT_SEARCHED = {p.name for p in PARAMS if p.shared} | {"class_weight", "calibration", "threshold", "device",
                                                        "threads", "log_every", "compile", "precision",
                                                        "drop",  # which columns to use is the data's, not a search's
@@ -355,8 +356,11 @@ def fit_to_data(space: SearchSpace, preprocessor, config: RunConfig) -> SearchSp
     """``space`` without the default dimensions that cannot change the model on these columns.
 
     ``onehot_max`` goes when every choice one-hot encodes and embeds the same
-    columns; ``scaling`` and ``numeric_embedding`` when there is no numeric
-    column; ``embedding_dim`` when nothing can be embedded. A dimension that a
+    columns (by the number of categories; the ``embed_rows`` rule is not
+    applied here, so a choice that changes nothing may stay); ``scaling`` when
+    there is no numeric column; ``numeric_embedding`` when no numeric column
+    can be embedded (none, or more than ``periodic_max``); ``embedding_dim``
+    when nothing can be embedded. A dimension that a
     space file set is kept as written. ``preprocessor`` is fitted with
     ``config`` (the fixed settings) on the training rows.
     """
@@ -373,8 +377,13 @@ def fit_to_data(space: SearchSpace, preprocessor, config: RunConfig) -> SearchSp
     if len(plans) == 1:
         useless.add("onehot_max")
     if not numeric:
-        useless |= {"scaling", "numeric_embedding"}
-    periodic = numeric and "periodic" in choices("numeric_embedding")
+        useless.add("scaling")
+    from torchclf.model import periodic_columns
+
+    embeddable = periodic_columns(preprocessor.layout(), replace(config.model, numeric_embedding="periodic"))
+    if not embeddable:
+        useless.add("numeric_embedding")
+    periodic = bool(embeddable) and "periodic" in choices("numeric_embedding")
     if not periodic and not any(any(plan) for plan in plans):
         useless.add("embedding_dim")
     drop = {name for name in useless if name in dims and dims[name] == default.get(name)}

@@ -465,51 +465,51 @@ class ColumnPlan:
     @classmethod
     def from_dict(cls, d, where: str = "preprocess.plan") -> ColumnPlan:
         """Rebuild from :meth:`to_dict`'s output, checking every field (the dict may come from a file)."""
-        _expect(isinstance(d, dict), where, "an object")
-        _expect(not set(d) - {"columns", "drop", "left_out", "dates"}, where,
+        expect_manifest(isinstance(d, dict), where, "an object")
+        expect_manifest(not set(d) - {"columns", "drop", "left_out", "dates"}, where,
                 f"free of unknown fields (found {sorted(set(d) - {'columns', 'drop', 'left_out', 'dates'})[:3]})")
         columns = d.get("columns", [])
-        _expect(_names(columns), f"{where}.columns", "a list of distinct column names")
+        expect_manifest(_names(columns), f"{where}.columns", "a list of distinct column names")
         known = set(columns)
         drop = d.get("drop", [])
-        _expect(_names(drop) and set(drop) <= known, f"{where}.drop", "a list of distinct names from its columns")
+        expect_manifest(_names(drop) and set(drop) <= known, f"{where}.drop", "a list of distinct names from its columns")
         plan = cls(drop)
         plan.columns = list(columns)
         left_out, dates = d.get("left_out", []), d.get("dates", [])
-        _expect(isinstance(left_out, list), f"{where}.left_out", "a list")
-        _expect(isinstance(dates, list), f"{where}.dates", "a list")
+        expect_manifest(isinstance(left_out, list), f"{where}.left_out", "a list")
+        expect_manifest(isinstance(dates, list), f"{where}.dates", "a list")
         for i, c in enumerate(left_out):
             at = f"{where}.left_out[{i}]"
-            _expect(isinstance(c, dict) and set(c) == {"name", "reason"}, at, "an object with a name and a reason")
-            _expect(c["name"] in known, f"{at}.name", "one of its columns")
-            _expect(c["reason"] in REASONS, f"{at}.reason", f"one of {', '.join(REASONS)}")
+            expect_manifest(isinstance(c, dict) and set(c) == {"name", "reason"}, at, "an object with a name and a reason")
+            expect_manifest(c["name"] in known, f"{at}.name", "one of its columns")
+            expect_manifest(c["reason"] in REASONS, f"{at}.reason", f"one of {', '.join(REASONS)}")
             plan.left_out.append(LeftOut(c["name"], c["reason"]))
         for i, c in enumerate(dates):
             at = f"{where}.dates[{i}]"
-            _expect(isinstance(c, dict) and set(c) == {"name", "format", "parts"}, at,
+            expect_manifest(isinstance(c, dict) and set(c) == {"name", "format", "parts"}, at,
                     "an object with a name, a format and parts")
-            _expect(c["name"] in known, f"{at}.name", "one of its columns")
+            expect_manifest(c["name"] in known, f"{at}.name", "one of its columns")
             fmt = c["format"]
-            _expect(fmt is None or isinstance(fmt, str) and 0 < len(fmt) <= MAX_FORMAT_CHARS
+            expect_manifest(fmt is None or isinstance(fmt, str) and 0 < len(fmt) <= MAX_FORMAT_CHARS
                     and ("%" in fmt or fmt == "ISO8601"), f"{at}.format",
                     "null, 'ISO8601' or a short strptime pattern such as '%Y-%m-%d'")
             parts = c["parts"]
-            _expect(isinstance(parts, list) and len(parts) > 0 and all(p in PARTS for p in parts)
+            expect_manifest(isinstance(parts, list) and len(parts) > 0 and all(p in PARTS for p in parts)
                     and len(set(parts)) == len(parts), f"{at}.parts", f"a non-empty list of distinct parts from "
                     f"{', '.join(PARTS)}")
             plan.dates.append(DateSpec(c["name"], fmt, list(parts)))
         chosen = [*plan.drop, *(c.name for c in plan.left_out), *(c.name for c in plan.dates)]
-        _expect(len(set(chosen)) == len(chosen), where, "a plan naming each column at most once")
+        expect_manifest(len(set(chosen)) == len(chosen), where, "a plan naming each column at most once")
         return plan
 
     def check_outputs(self, names: list[str], where: str = "preprocess.columns") -> None:
         """Refuse encoded columns ``names`` that this plan cannot give (a manifest whose parts disagree)."""
-        _expect(len(set(names)) == len(names), where, "unique column names")
+        expect_manifest(len(set(names)) == len(names), where, "unique column names")
         if not self.columns:  # a manifest from before the plan: every column is as it was
             return
         given = set(self.outputs())
         stray = [n for n in names if n not in given]
-        _expect(not stray, where, f"columns the column plan passes on (found {stray[:3]})")
+        expect_manifest(not stray, where, f"columns the column plan passes on (found {stray[:3]})")
 
 
 def check_not_target(drop, targets) -> None:
@@ -525,6 +525,7 @@ def _names(value) -> bool:
             and len(set(value)) == len(value))
 
 
-def _expect(ok: bool, field: str, expected: str) -> None:
+def expect_manifest(ok: bool, field: str, expected: str) -> None:
+    """Refuse a manifest whose ``field`` is not ``expected``, in one line (the preprocessing's checks use it too)."""
     if not ok:
         raise TorchclfError(f"invalid manifest: {field} must be {expected}; re-train or restore the model")
