@@ -619,11 +619,10 @@ class Preprocessor:
         values of a numeric column that are not numbers get the training median
         (when they are most of the column, :meth:`transform` refuses instead).
         """
-        dates = self.plan.notes(frame)  # read before the parts replace the text they come from
-        frame = self.plan.apply(frame, "input")
+        notes: list[str] = []
+        frame = self.plan.apply(frame, "input", notes)  # the dates' notes come from the same reading
         lookup = _column_lookup(frame, "input")
         used = set(self.feature_names) | {c.name for c in self.columns} | {str(c) for c in ignore}
-        notes = dates
         extra = [name for name in lookup if name not in used]
         if extra:
             shown = ", ".join(map(repr, extra[:10])) + (" ..." if len(extra) > 10 else "")

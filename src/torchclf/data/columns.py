@@ -389,13 +389,15 @@ class ColumnPlan:
             warnings.warn(text, DataWarning, stacklevel=5)
 
     # ----- new rows --------------------------------------------------------------
-    def apply(self, frame: pd.DataFrame, where: str = "input") -> pd.DataFrame:
+    def apply(self, frame: pd.DataFrame, where: str = "input", notes: list[str] | None = None) -> pd.DataFrame:
         """New rows with each date column present replaced by its parts.
 
         Other columns, the date columns themselves included, are passed on as
         they are: the preprocessing ignores the columns it does not use, so
         the dropped and left-out ones may be there or not (the frame itself is
-        returned when there are no dates).
+        returned when there are no dates). ``notes``, when given, receives one
+        line per date column with some values that are not dates (treated as
+        missing), from the same reading.
 
         Raises
         ------
@@ -412,7 +414,7 @@ class ColumnPlan:
         for d in found:
             series = frame[labels[d.name]]
             when = _read(series, d.format)
-            self._check_dates(d, series, when, where)
+            self._check_dates(d, series, when, where, notes)
             values = _part_values(when)
             parts.update(zip(d.output_names(), (values[p] for p in d.parts)))
         # One block and one concatenation: inserting the parts, or dropping the date columns (which
@@ -426,32 +428,21 @@ class ColumnPlan:
         """Mask of shape (n_samples,): values present in ``series`` that did not read as dates."""
         return series.notna().to_numpy() & when.isna().to_numpy()
 
-    def _check_dates(self, d: DateSpec, series: pd.Series, when: pd.Series, where: str) -> None:
+    def _check_dates(self, d: DateSpec, series: pd.Series, when: pd.Series, where: str,
+                     notes: list[str] | None) -> None:
+        """Refuse a column of mostly non-dates; note a few (in ``notes``, when given)."""
         bad = self._not_dates(series, when)
         if not bad.any():
             return
         present = int(series.notna().sum())
+        examples = sorted(map(str, pd.unique(series[bad])))[:3]
         if present and bad.sum() > MOSTLY_NOT_DATES * present:
-            examples = sorted(map(str, pd.unique(series[bad])))[:3]
             raise TorchclfError(
                 f"{where}: column {d.name!r} held dates in training, but {int(bad.sum())} of {present} value(s) "
                 f"here are not dates (e.g. {examples}); give dates as in training, such as {d.example()!r}")
-
-    def notes(self, frame: pd.DataFrame) -> list[str]:
-        """One line per date column of new rows with some values that are not dates (treated as missing)."""
-        labels = {str(c): c for c in frame.columns}
-        notes = []
-        for d in self.dates:
-            if d.name not in labels:
-                continue
-            series = frame[labels[d.name]]
-            bad = self._not_dates(series, _read(series, d.format))
-            present = int(series.notna().sum())
-            if 0 < bad.sum() <= MOSTLY_NOT_DATES * present:
-                examples = sorted(map(str, pd.unique(series[bad])))[:3]
-                notes.append(f"column {d.name!r}: {int(bad.sum())} of {present} value(s) are not dates "
-                             f"(e.g. {examples}) and are treated as missing (the training median)")
-        return notes
+        if notes is not None:
+            notes.append(f"column {d.name!r}: {int(bad.sum())} of {present} value(s) are not dates "
+                         f"(e.g. {examples}) and are treated as missing (the training median)")
 
     # ----- persistence -------------------------------------------------------------
     def to_dict(self) -> dict:
