@@ -297,11 +297,14 @@ class Precision:
     ----------
     name : {"float32", "bfloat16", "float16"}
     device : torch.device
+    autocast_cache : bool
+        Keep autocast's cache of weights cast within one forward pass; a CUDA graph capture needs it off.
     """
 
-    def __init__(self, name: str, device: torch.device):
+    def __init__(self, name: str, device: torch.device, autocast_cache: bool = True):
         self.name = name
         self.device = device
+        self.autocast_cache = autocast_cache
         self.dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
         self.scaler = None
         if name == "float16":
@@ -317,7 +320,7 @@ class Precision:
         """A context that runs the forward pass in the reduced type (or does nothing)."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=self.autocast_cache)
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()

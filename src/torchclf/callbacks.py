@@ -25,7 +25,9 @@ class TrainState:
     Between epochs a callback may also replace ``config`` (a new TrainConfig:
     more epochs, another batch size), ``optimizer`` and ``scheduler``: each
     epoch reads them afresh. ``step`` of ``steps`` is the step just taken in
-    the current epoch (set for ``on_step_end``).
+    the current epoch (set for ``on_step_end``). ``graphs`` is the
+    :class:`torchclf.graphs.GraphStats` of a run whose steps replay CUDA
+    graphs (None otherwise).
     """
 
     model: Any
@@ -41,6 +43,7 @@ class TrainState:
     callbacks: list = field(default_factory=list)
     step: int = 0
     steps: int = 0
+    graphs: Any = None
 
     @property
     def last(self) -> dict:

@@ -331,6 +331,9 @@ PARAMS: tuple[Param, ...] = (
           "or float16 (CUDA).", kind="str", choices=PRECISIONS),
     Param("compile", "train", False, "Compile the model with torch.compile (pays off on long runs).",
           kind="bool", flag="--compile/--no-compile"),
+    Param("cuda_graphs", "train", True, "On a CUDA GPU, replay each training step from a CUDA graph (one launch "
+          "instead of dozens; see docs/benchmarks.md); it falls back to eager steps, saying why with --verbose, "
+          "under torchrun, --compile, float16 or an L1 penalty.", kind="bool", flag="--cuda-graphs/--no-cuda-graphs"),
     # after training, on the validation rows (torchclf.calibration)
     Param("calibration", "train", "temperature", "Calibrate the probabilities on the validation rows, or "
           "'none'.", kind="str", choices=CALIBRATIONS, none="none",

@@ -8,13 +8,14 @@ per epoch, so a step never waits on the host.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from torchclf import accel, distributed
+from torchclf import accel, distributed, graphs
 from torchclf.callbacks import (
     Callback,
     DivergenceGuard,
@@ -107,15 +108,25 @@ def _batches(n: int, batch_size: int | None, generator: torch.Generator, device)
     """Shuffled index batches for one epoch (this rank's share under torchrun), or None for a single full batch."""
     if distributed.world_size() == 1 and (batch_size is None or batch_size >= n):
         return None
-    order = distributed.shard_permutation(torch.randperm(n, generator=generator)).to(device)
+    if device.type == "cuda":
+        # Drawn on the host, a million rows' permutation costs about 20 ms, a third of a graph-replayed
+        # epoch; the GPU draws it from a seed that the host generator gives, so a run stays seeded by
+        # config.seed and checkpoints keep one host generator.
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+        order = torch.randperm(n, device=device, generator=torch.Generator(device).manual_seed(seed))
+    else:
+        order = torch.randperm(n, generator=generator)
+    order = distributed.shard_permutation(order).to(device)
     return list(torch.split(order, batch_size or len(order)))
 
 
 def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, generator,
-              precision=accel.FULL_PRECISION, after_step=None) -> tuple[float, float]:
+              precision=accel.FULL_PRECISION, after_step=None, graphed: graphs.GraphedSteps | None = None,
+              ) -> tuple[float, float]:
     """Train for one pass over ``data``; returns (mean loss, accuracy).
 
-    ``after_step(i, n)``, when given, is called after the i-th of the epoch's n steps.
+    ``after_step(i, n)``, when given, is called after the i-th of the epoch's n steps. ``graphed``, when
+    given, runs the steps (replayed from CUDA graphs) on the same batches.
     """
     # Always switch: ``model`` may be a DDP or compiled wrapper whose own flag
     # does not show that evaluation left the module inside in eval mode.
@@ -124,7 +135,9 @@ def run_epoch(model, task, loss_fn, optimizer, data: TensorData, batch_size, gen
     total_loss = torch.zeros((), device=device)
     total_correct = torch.zeros((), device=device, dtype=torch.int64)
     batches = _batches(len(data), batch_size, generator, device)
-    if batches is None:
+    if graphed is not None:
+        total_loss, total_correct = graphed.run_epoch(optimizer, batches, after_step)
+    elif batches is None:
         loss, correct = train_step(model, task, loss_fn, optimizer, data.X, data.y, data.weight, precision)
         total_loss += loss
         total_correct += correct
@@ -273,6 +286,14 @@ def fit(
     train_model = distributed.wrap(model)  # DDP under torchrun; evaluation and callbacks use the bare model
     train_model = accel.maybe_compile(train_model, config.compile, device)
     precision = accel.Precision(config.precision, device)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if verbose else (lambda line: None)
+    backend, why_not = graphs.plan(config, device, precision, callbacks)
+    graphed = None
+    if backend is not None:
+        graphed = graphs.GraphedSteps(train_model, task, loss_fn, train, precision, train_step, backend, say)
+        state.graphs = graphed.stats
+    elif why_not:
+        say(f"CUDA graphs off: {why_not}; training eagerly")
 
     # Only callbacks that define on_step_end are called after each step, so the others cost the loop nothing.
     step_hooks = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
@@ -288,7 +309,8 @@ def fit(
         config, optimizer, scheduler = state.config, state.optimizer, state.scheduler
         t0 = time.perf_counter()
         train_loss, train_acc = run_epoch(train_model, task, loss_fn, optimizer, train,
-                                          batch_rows(config.batch_size, len(train)), generator, precision, after_step)
+                                          batch_rows(config.batch_size, len(train)), generator, precision, after_step,
+                                          graphed)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"]}
         if validation is not None and len(validation) and (epoch % config.eval_every == 0 or epoch == config.epochs):

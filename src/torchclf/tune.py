@@ -59,7 +59,7 @@ SHAPE = ("width", "depth")
 # fits them closest), and the threshold acts after the probabilities; the others change where and how fast
 # a run trains, not the model.
 NOT_SEARCHED = {p.name for p in PARAMS if p.shared} | {"class_weight", "calibration", "threshold", "device",
-                                                       "threads", "log_every", "compile", "precision",
+                                                       "threads", "log_every", "compile", "precision", "cuda_graphs",
                                                        "drop",  # which columns to use is the data's, not a search's
                                                        "refit"}  # a trial is scored on its validation rows
 # Trials never refit on train + validation (they are scored on the validation rows); the saved run does
