@@ -14,7 +14,8 @@ Loops:
 - ``engine eager bf16``: eager steps with ``precision="bfloat16"``;
 - ``hand graph``: PyTorch's documented whole-network capture written out by hand (static index buffer,
   ``index_select`` into the batch, capturable Adam with a tensor learning rate, loss and correct counts summed
-  on the device); the epoch's last, smaller batch runs eagerly.
+  on the device); the epoch's last, smaller batch runs eagerly;
+- ``hand graph fused``: the same with the fused Adam (one kernel for every parameter), as the engine uses.
 
 Usage (on a machine with a CUDA GPU): ``python benchmarks/gpu_graphs.py [--rows N] [--epochs E]
 [--batches 256,4096] [--results FILE]``. Prints a table; ``--results`` also writes JSON.
@@ -85,9 +86,10 @@ def eager_loop(X, y, batch, epochs):
     return times, correct.item() / len(X)
 
 
-def hand_graph(X, y, batch, epochs):
+def hand_graph(X, y, batch, epochs, fused=False):
     model, loss_fn = network(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device="cuda"), capturable=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3, device="cuda"), capturable=True,
+                                 fused=fused or None)
     correct = torch.zeros((), device="cuda", dtype=torch.int64)
     index = torch.zeros(batch, dtype=torch.int64, device="cuda")
 
@@ -144,6 +146,7 @@ LOOPS = {
     "engine graphs": lambda X, y, b, e: engine_loop(X, y, b, e),
     "engine graphs bf16": lambda X, y, b, e: engine_loop(X, y, b, e, precision="bfloat16"),
     "hand graph": lambda X, y, b, e: (*hand_graph(X, y, b, e), ""),
+    "hand graph fused": lambda X, y, b, e: (*hand_graph(X, y, b, e, fused=True), ""),
 }
 
 

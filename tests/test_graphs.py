@@ -238,3 +238,17 @@ def test_cuda_bfloat16_graphs_follow_eager_bfloat16():
     assert graphed[1].graphs.replayed > 0
     for a, b in zip(graphed[0].state_dict().values(), eager[0].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+
+
+def test_the_cuda_context_is_created_in_the_background_only_where_training_will_use_it(monkeypatch):
+    made = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: made.append(kw.get("device")))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for name in ("cpu", "mps", "auto", "cuda"):
+        engine.warm_up_device(name)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # torchrun's processes choose their own GPU
+    engine.warm_up_device("cuda")
+    for thread in [t for t in __import__("threading").enumerate() if t.name == "torchclf-cuda-context"]:
+        thread.join(5)
+    assert made == ["cuda", "cuda"]

@@ -41,3 +41,21 @@ def test_the_console_entry_runs_exit_handlers_then_leaves_with_the_status(tmp_pa
                          text=True, timeout=120, check=False)
     assert bad.returncode == 2 and bad.stdout.rstrip() == "handlers ran"
     assert bad.stderr == f"error: {tmp_path / 'absent.csv'}: no such file (check the path)\n"
+
+
+
+def test_training_from_a_file_at_the_command_line_imports_neither_scikit_learn_nor_scipy(tmp_path):
+    """The split is torchclf's own (tests/test_split.py checks that it takes scikit-learn's rows), and so is the
+    temperature search (tests/test_calibration.py compares it with scipy's)."""
+    rows = "\n".join(f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}" for i in range(200))
+    (tmp_path / "t.csv").write_text("x,z,label\n" + rows + "\n")
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('imported:', 'sklearn' in sys.modules, 'scipy' in sys.modules))\n"
+            "sys.argv = ['torchclf', 'train', 't.csv', '--target', 'label', '--epochs', '3', '--quiet',"
+            " '--out', 'run']\n"
+            "from torchclf.cli import run\n"
+            "run()\n")
+    done = _python(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "imported: False False"
+    assert (tmp_path / "run" / "model.safetensors").exists()

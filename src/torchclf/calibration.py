@@ -302,16 +302,71 @@ def _separated_note(separated: str, t: float, n: int) -> str:
             f"{n + 1}/{n + 2} (what {n} of {n} right supports)")
 
 
+def _minimize_bounded(f, low: float, high: float, tol: float = 1e-6, max_evaluations: int = 200) -> float:
+    """A minimiser of the unimodal ``f`` on [low, high], to within about ``tol``: Brent's method.
+
+    Each step fits a parabola through the three best points seen and moves to
+    its vertex when that lies inside the bracket and the step is shrinking;
+    otherwise it takes a golden-section step into the larger part. A smooth
+    function takes a dozen or so evaluations where golden sections alone take
+    about forty. (scipy.optimize's bounded search does the same, and importing
+    it cost 0.6 s, more than the search, on the path of every `train`.)
+    """
+    golden = (3.0 - math.sqrt(5.0)) / 2.0
+    a, b = low, high
+    x = w = v = a + golden * (b - a)
+    fx = fw = fv = f(x)
+    step = before = 0.0  # the last step, and the one before it
+    for _ in range(max_evaluations):
+        middle = (a + b) / 2.0
+        tol1 = 1.5e-8 * abs(x) + tol / 3.0
+        if abs(x - middle) <= 2.0 * tol1 - (b - a) / 2.0:
+            break
+        parabolic = False
+        if abs(before) > tol1:
+            r = (x - w) * (fx - fv)
+            q = (x - v) * (fx - fw)
+            p = (x - v) * q - (x - w) * r
+            q = 2.0 * (q - r)
+            if q > 0.0:
+                p = -p
+            q = abs(q)
+            # Accept the vertex only inside the bracket and for a step under half the one before last.
+            if q != 0.0 and abs(p) < abs(0.5 * q * before) and q * (a - x) < p < q * (b - x):
+                before, step = step, p / q
+                parabolic = True
+                if (x + step) - a < 2.0 * tol1 or b - (x + step) < 2.0 * tol1:
+                    step = tol1 if x < middle else -tol1
+        if not parabolic:
+            before = (b - x) if x < middle else (a - x)
+            step = golden * before
+        u = x + (step if abs(step) >= tol1 else math.copysign(tol1, step))
+        fu = f(u)
+        if fu <= fx:
+            if u < x:
+                b = x
+            else:
+                a = x
+            v, fv, w, fw, x, fx = w, fw, x, fx, u, fu
+        else:
+            if u < x:
+                a = u
+            else:
+                b = u
+            if fu <= fw or w == x:
+                v, fv, w, fw = w, fw, u, fu
+            elif fu <= fv or v == x or v == w:
+                v, fv = u, fu
+    return x
+
+
 def _best_temperature(nll) -> float:
     """The temperature in [MIN_TEMPERATURE, MAX_TEMPERATURE] that minimises ``nll(t)``.
 
     The NLL is convex in 1/t, hence unimodal in log t, which a bounded scalar search handles.
     """
-    from scipy.optimize import minimize_scalar
-
-    res = minimize_scalar(lambda u: nll(math.exp(u)), bounds=(math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)),
-                          method="bounded", options={"xatol": 1e-6})
-    t = float(min(max(math.exp(res.x), MIN_TEMPERATURE), MAX_TEMPERATURE))
+    u = _minimize_bounded(lambda u: nll(math.exp(u)), math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE))
+    t = float(min(max(math.exp(u), MIN_TEMPERATURE), MAX_TEMPERATURE))
     # The search stops within its tolerance of the optimum; never return something worse than no scaling.
     return t if nll(t) <= nll(1.0) else 1.0
 

@@ -8,7 +8,9 @@ per epoch, so a step never waits on the host.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -69,6 +71,24 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise TorchclfError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
     return torch.device(name)
+
+
+def warm_up_device(name: str) -> None:
+    """Start creating the CUDA context in a background thread, where ``name`` ("auto" or "cuda") will train
+    on a GPU, so that the second or more it takes overlaps reading and encoding the data.
+
+    Not under torchrun, whose processes choose their GPU when they join the job.
+    """
+    if name not in ("auto", "cuda") or "LOCAL_RANK" in os.environ or not torch.cuda.is_available():
+        return
+
+    def create():
+        try:
+            torch.empty(1, device="cuda")
+        except Exception:  # noqa: BLE001 - the main thread meets the same error where it matters, and says it
+            pass
+
+    threading.Thread(target=create, name="torchclf-cuda-context", daemon=True).start()
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from torchclf.data.dataset import Dataset
 from torchclf.errors import TorchclfError
@@ -21,11 +22,23 @@ class Splits:
     test: Dataset | None
 
 
+def _class_codes(ds: Dataset) -> np.ndarray:
+    """Each row's class as an integer, the classes numbered in the sorted order of their text.
+
+    Classes are told apart by their text (``astype(str)``), which is what the
+    split has always stratified on; only the distinct values are turned into
+    text, so a million rows cost a hash pass instead of a million strings.
+    """
+    codes, uniques = pd.factorize(ds.target, use_na_sentinel=False)
+    _, text_class = np.unique(pd.Series(uniques, dtype=object).astype(str).to_numpy(), return_inverse=True)
+    return text_class.reshape(-1)[codes]
+
+
 def _can_stratify(ds: Dataset, n_parts: int) -> bool:
     """Whether every class has enough rows to appear in each of ``n_parts`` parts (warns once if not)."""
     if ds.multilabel:
         return False
-    _, counts = np.unique(ds.target.astype(str).to_numpy(), return_counts=True)
+    counts = np.bincount(_class_codes(ds))
     if counts.min() < n_parts:
         warnings.warn(
             f"{ds.name}: a class has only {counts.min()} row(s), too few to stratify; "
@@ -37,21 +50,65 @@ def _can_stratify(ds: Dataset, n_parts: int) -> bool:
     return True
 
 
-def _cut(ds: Dataset, fraction: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+# The split draws from NumPy's RandomState(seed) in the order that scikit-learn's train_test_split (ShuffleSplit
+# and StratifiedShuffleSplit) does, so runs keep the rows they were given before the split stopped importing
+# scikit-learn (about a second of imports on the path of `train`); tests/test_split.py compares the two.
+def _apportion(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """``draws`` rows shared among classes in proportion to ``counts``: each class gets the floor of its share,
+    and the rows left over go to the largest remainders, ties broken at random."""
+    exact = counts / counts.sum() * draws
+    share = np.floor(exact)
+    left = int(draws - share.sum())
+    if left > 0:
+        remainder = exact - share
+        for value in np.sort(np.unique(remainder))[::-1]:
+            tied = np.flatnonzero(remainder == value)
+            now = min(len(tied), left)
+            share[rng.choice(tied, size=now, replace=False)] += 1
+            left -= now
+            if left == 0:
+                break
+    return share.astype(int)
 
-    index = np.arange(ds.n_rows)
-    if math.ceil(fraction * ds.n_rows) >= ds.n_rows:  # the rule by which scikit-learn would leave nothing to train on
+
+def _shuffled_parts(n: int, n_held: int, seed: int, classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held) row positions, unsorted; stratified by ``classes`` (integer codes) where given.
+
+    Raises ValueError where stratification cannot work: a class of one row, or fewer rows in a part than
+    there are classes.
+    """
+    rng = np.random.RandomState(seed)
+    n_kept = n - n_held
+    if classes is None:
+        order = rng.permutation(n)
+        return order[n_held:], order[:n_held]
+    counts = np.bincount(classes)
+    if counts.min() < 2 or n_kept < len(counts) or n_held < len(counts):
+        raise ValueError("too few rows per class to stratify")
+    members = np.split(np.argsort(classes, kind="stable"), np.cumsum(counts)[:-1])
+    kept_per_class = _apportion(counts, n_kept, rng)
+    held_per_class = _apportion(counts - kept_per_class, n_held, rng)
+    kept, held = [], []
+    for rows, k, h in zip(members, kept_per_class, held_per_class):
+        rows = rows[rng.permutation(len(rows))]
+        kept.append(rows[:k])
+        held.append(rows[k:k + h])
+    return np.concatenate(kept), np.concatenate(held)
+
+
+def _cut(ds: Dataset, fraction: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
+    n = ds.n_rows
+    n_held = math.ceil(fraction * n)
+    if n_held >= n:  # nothing would be left to train on
         raise TorchclfError(
-            f"{ds.name}: {ds.n_rows} row(s) are too few to hold out {fraction:.0%} for testing or validation; "
+            f"{ds.name}: {n} row(s) are too few to hold out {fraction:.0%} for testing or validation; "
             "add rows, or pass --test-size 0 --val-size 0 (or a separate --test file)"
         )
-    strat = ds.target.astype(str).to_numpy() if stratify else None
     try:
-        keep, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=strat)
+        keep, held = _shuffled_parts(n, n_held, seed, _class_codes(ds) if stratify else None)
     except ValueError:
         # A held-out part too small to contain every class: split without strata.
-        keep, held = train_test_split(index, test_size=fraction, random_state=seed)
+        keep, held = _shuffled_parts(n, n_held, seed, None)
     return np.sort(keep), np.sort(held)
 
 
