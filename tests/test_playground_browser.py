@@ -396,6 +396,11 @@ def test_upload_a_csv_and_bad_files_get_a_message(context, server, tmp_path):
     page.set_input_files("#upload", str(tmp_path / "notes.txt"))
     page.wait_for_function("document.getElementById('message').textContent.includes('not a .csv file')")
     assert page.is_visible("#message")
+    # A settings check after the refusal (here from another control; before, the one the dataset choice had
+    # started, when the refusal came first) keeps the reason on screen instead of the "choose a file" hint.
+    page.dispatch_event("#epochs", "change")
+    page.wait_for_timeout(400)
+    assert "not a .csv file" in page.inner_text("#message")
 
     (tmp_path / "words.csv").write_text("a,b,c\nx,y,z\nu,v,w\n")
     page.set_input_files("#upload", str(tmp_path / "words.csv"))

@@ -17,6 +17,7 @@ const page = {
   point: null,
   status: "connecting",
   upload: null,     // the accepted upload's description
+  uploadError: null, // why the last file was refused (kept on screen until another file or dataset)
   timer: null,      // a pending settings check
   sent: null,       // the settings the server has
   asked: null,      // settings waiting for "restart with the new settings"
@@ -153,7 +154,9 @@ function settingsChanged() {
   clearTimeout(page.timer);
   page.timer = null;
   if ($("dataset").value === "upload" && !page.upload) {
-    showMessage("Choose a CSV file to upload: two numeric feature columns and a label column.", "info");
+    // A settings check that was waiting when a file was refused must not hide why it was.
+    if (page.uploadError) showMessage(page.uploadError, "error");
+    else showMessage("Choose a CSV file to upload: two numeric feature columns and a label column.", "info");
     return;
   }
   const { settings, problems } = readControls();
@@ -281,6 +284,7 @@ function currentHidden() {
 // ----- upload -------------------------------------------------------------------
 async function uploadFile(file) {
   showMessage("Uploading " + file.name + " ...", "info");
+  page.uploadError = null;
   let reply;
   try {
     const response = await fetch("/api/upload?name=" + encodeURIComponent(file.name), {
@@ -291,7 +295,8 @@ async function uploadFile(file) {
   } catch (err) {
     page.upload = null;
     $("upload-info").textContent = "";
-    showMessage(String(err.message || err), "error");
+    page.uploadError = String(err.message || err);
+    showMessage(page.uploadError, "error");
     $("upload").value = "";
     return;
   }
@@ -574,7 +579,7 @@ async function start() {
     $("seed").value = Math.floor(Math.random() * 10000);
   }
 
-  $("dataset").addEventListener("change", () => { setNoiseRange(); later(); });
+  $("dataset").addEventListener("change", () => { page.uploadError = null; setNoiseRange(); later(); });
   $("noise").addEventListener("input", () => { $("noise-out").textContent = $("noise").value; });
   $("test-size").addEventListener("input", () => { $("test-out").textContent = $("test-size").value; });
   $("preset").addEventListener("change", () => { applyPreset($("preset").value); later(); });
