@@ -43,7 +43,7 @@ def test_the_split_takes_scikit_learns_rows(counts, fraction, seed, stratify, ki
     ds = _dataset(values)
     if int(np.ceil(fraction * ds.n_rows)) >= ds.n_rows:
         return  # refused before any drawing, by both
-    got = split._cut(ds, fraction, seed, stratify)
+    got = split._cut(ds.n_rows, "t", fraction, seed, split._class_codes(ds) if stratify else None)
     want = _reference(ds, fraction, seed, stratify)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
@@ -54,7 +54,7 @@ def test_classes_are_told_apart_by_their_text_as_before():
     ds = _dataset(pd.Series([1, "1", "10", "9", 9, "10"] * 5, dtype=object))
     assert list(split._class_codes(ds)[:6]) == [0, 0, 1, 2, 2, 1]
     for seed in range(5):
-        got, want = split._cut(ds, 0.3, seed, True), _reference(ds, 0.3, seed, True)
+        got, want = split._cut(ds.n_rows, "t", 0.3, seed, split._class_codes(ds)), _reference(ds, 0.3, seed, True)
         np.testing.assert_array_equal(got[0], want[0])
 
 
@@ -63,5 +63,36 @@ def test_a_large_split_is_the_same_too(rows):
     labels = np.random.RandomState(0).choice(["a", "b", "c", "rare"], size=rows, p=[0.5, 0.3, 0.1999, 0.0001])
     ds = _dataset(labels)
     for stratify in (True, False):
-        got, want = split._cut(ds, 0.2, 7, stratify), _reference(ds, 0.2, 7, stratify)
+        classes = split._class_codes(ds) if stratify else None
+        got, want = split._cut(ds.n_rows, "t", 0.2, 7, classes), _reference(ds, 0.2, 7, stratify)
         np.testing.assert_array_equal(got[1], want[1])
+
+
+def _reference_parts(ds: Dataset, test_size: float, validation_size: float, seed: int):
+    """The three parts as the split used to make them: test first, then validation from the rest."""
+    stratify = not ds.multilabel and ds.target.astype(str).value_counts().min() >= 3
+    keep, held = _reference(ds, test_size, seed, stratify)
+    rest, test = ds.take(keep), ds.take(held)
+    keep, held = _reference(rest, min(validation_size / (1 - test_size), 0.5), seed + 1, stratify)
+    return rest.take(keep), rest.take(held), test
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(2, 30), min_size=2, max_size=5), seed=st.integers(0, 10_000),
+       sizes=st.sampled_from([(0.2, 0.1), (0.25, 0.25), (0.1, 0.3)]))
+def test_the_three_parts_are_those_of_two_splits_in_a_row(counts, seed, sizes):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    np.random.RandomState(seed).shuffle(labels)
+    ds = _dataset([f"c{v}" for v in labels])
+    if int(np.ceil(sizes[0] * ds.n_rows)) >= ds.n_rows - 2:
+        return
+    try:
+        want = _reference_parts(ds, *sizes, seed)
+    except Exception as err:  # too few rows for the validation cut: the split refuses too
+        with pytest.raises(type(err)):
+            split.split_dataset(ds, test_size=sizes[0], validation_size=sizes[1], seed=seed)
+        return
+    got = split.split_dataset(ds, test_size=sizes[0], validation_size=sizes[1], seed=seed)
+    for part, reference in zip((got.train, got.validation, got.test), want):
+        pd.testing.assert_frame_equal(part.features, reference.features)
+        pd.testing.assert_series_equal(part.target, reference.target)

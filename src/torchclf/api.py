@@ -26,6 +26,7 @@ import torch
 from torchclf import accel, artifact, distributed, engine
 from torchclf.config import RunConfig, with_overrides, with_values
 from torchclf.data import Dataset, Splits, check_target, split_dataset
+from torchclf.data.sources import release_arrow_memory
 from torchclf.data.columns import check_not_target
 from torchclf.errors import TorchclfError
 from torchclf.metrics import compute_metrics
@@ -147,8 +148,13 @@ def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dty
     if seed != config.train.seed:  # the estimator draws a seed per process when random_state is None
         spec = spec.with_config(with_values(config, {"seed": seed}))
         config = spec.config
+    summary = dataset.summary()
     splits = split_dataset(dataset, test_size=config.data.test_size, validation_size=config.data.validation_size,
                            seed=config.train.seed, test=test)
+    # The parts hold their own copies of the rows: keep only the target, so that the table read from a file is
+    # freed before its parts are encoded (5,000,000 rows of 32 float64 columns: 1.3 GB).
+    dataset = replace(dataset, features=dataset.features.iloc[:, :0])
+    release_arrow_memory()
     device = engine.resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)  # initialisation, and dropout in a continued run
     if start is not None:
@@ -171,7 +177,6 @@ def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dty
         model = build_model(preprocessor.layout(), task.n_outputs, config.model).to(device=device, dtype=dtype)
         predictor = Predictor(model, task, preprocessor, labels, config,
                               label_sep=dataset.label_sep, target_columns=dataset.target_columns)
-    summary = dataset.summary()
     summary["split_rows"] = {k: (0 if v is None else v.n_rows) for k, v in vars(splits).items()}
     return Prepared(spec, splits, predictor, summary, continued=start is not None)
 

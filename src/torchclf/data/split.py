@@ -34,14 +34,12 @@ def _class_codes(ds: Dataset) -> np.ndarray:
     return text_class.reshape(-1)[codes]
 
 
-def _can_stratify(ds: Dataset, n_parts: int) -> bool:
+def _can_stratify(name: str, classes: np.ndarray, n_parts: int) -> bool:
     """Whether every class has enough rows to appear in each of ``n_parts`` parts (warns once if not)."""
-    if ds.multilabel:
-        return False
-    counts = np.bincount(_class_codes(ds))
+    counts = np.bincount(classes)
     if counts.min() < n_parts:
         warnings.warn(
-            f"{ds.name}: a class has only {counts.min()} row(s), too few to stratify; "
+            f"{name}: a class has only {counts.min()} row(s), too few to stratify; "
             "splitting without stratification",
             UserWarning,
             stacklevel=3,
@@ -96,16 +94,17 @@ def _shuffled_parts(n: int, n_held: int, seed: int, classes: np.ndarray | None) 
     return np.concatenate(kept), np.concatenate(held)
 
 
-def _cut(ds: Dataset, fraction: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
-    n = ds.n_rows
+def _cut(n: int, name: str, fraction: float, seed: int,
+         classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held) positions among ``n`` rows, each sorted; stratified by ``classes`` where given."""
     n_held = math.ceil(fraction * n)
     if n_held >= n:  # nothing would be left to train on
         raise TorchclfError(
-            f"{ds.name}: {n} row(s) are too few to hold out {fraction:.0%} for testing or validation; "
+            f"{name}: {n} row(s) are too few to hold out {fraction:.0%} for testing or validation; "
             "add rows, or pass --test-size 0 --val-size 0 (or a separate --test file)"
         )
     try:
-        keep, held = _shuffled_parts(n, n_held, seed, _class_codes(ds) if stratify else None)
+        keep, held = _shuffled_parts(n, n_held, seed, classes)
     except ValueError:
         # A held-out part too small to contain every class: split without strata.
         keep, held = _shuffled_parts(n, n_held, seed, None)
@@ -121,18 +120,25 @@ def split_dataset(
     ``test_size`` and ``validation_size`` are fractions of all rows. When
     ``test`` is given it is the test set and only the validation part is cut.
     A part with a size of 0 is None.
+
+    The validation part is cut from the rows left after the test part, as two
+    splits in a row, but the rows of each part are worked out first and copied
+    from ``ds`` once (each row is copied once, not up to twice).
     """
-    rest = ds
-    test_part = test
     cut_test = test is None and test_size > 0
     parts = 1 + int(cut_test) + int(validation_size > 0)
-    stratify = parts > 1 and _can_stratify(ds, parts)
+    classes = _class_codes(ds) if parts > 1 and not ds.multilabel else None
+    if classes is not None and not _can_stratify(ds.name, classes, parts):
+        classes = None
+    rest = np.arange(ds.n_rows)
+    test_rows = val_rows = None
     if cut_test:
-        keep, held = _cut(ds, test_size, seed, stratify)
-        rest, test_part = ds.take(keep), ds.take(held)
-    val_part = None
+        rest, test_rows = _cut(ds.n_rows, ds.name, test_size, seed, classes)
     if validation_size > 0:
         frac = validation_size / (1.0 - (test_size if test is None else 0.0))
-        keep, held = _cut(rest, min(frac, 0.5), seed + 1, stratify)
-        rest, val_part = rest.take(keep), rest.take(held)
-    return Splits(train=rest, validation=val_part, test=test_part)
+        # The remaining rows' classes, numbered among themselves as the remaining rows alone would number them.
+        left = None if classes is None else np.unique(classes[rest], return_inverse=True)[1].reshape(-1)
+        keep, held = _cut(len(rest), ds.name, min(frac, 0.5), seed + 1, left)
+        rest, val_rows = rest[keep], rest[held]
+    return Splits(train=ds.take(rest), validation=None if val_rows is None else ds.take(val_rows),
+                  test=test if test_rows is None else ds.take(test_rows))
