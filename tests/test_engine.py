@@ -59,3 +59,24 @@ def test_fit_restores_the_best_weights_from_reused_snapshots():
     best = min(range(len(state.history)), key=lambda i: state.history[i]["val_loss"])
     final_loss, _ = engine.evaluate(model, task, task.loss_function(), val)
     assert abs(final_loss - state.history[best]["val_loss"]) < 1e-6
+
+
+def _warmup_run(warmup, schedule, epochs=6):
+    torch.manual_seed(0)
+    task = Task("multiclass", 3)
+    X = torch.randn(120, 4)
+    y = X[:, :3].argmax(1)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    config = TrainConfig(epochs=epochs, patience=0, lr=0.08, optimizer="sgd", schedule=schedule, batch_size=32,
+                         warmup=warmup, weight_decay=0.0, label_smoothing=0.0)
+    state = engine.fit(model, task, engine.TensorData(X, y), engine.TensorData(X[:30], y[:30]), config)
+    return [row["lr"] for row in state.history], state.optimizer.param_groups[0]["lr"]
+
+
+def test_warmup_scales_the_first_epochs_of_any_schedule_and_leaves_the_schedule_its_own_rates():
+    rates, last = _warmup_run(3, "none")
+    assert rates == [0.08 * 1 / 4, 0.08 * 2 / 4, 0.08 * 3 / 4, 0.08, 0.08, 0.08] and last == 0.08
+    cosine, cosine_last = _warmup_run(0, "cosine")
+    warmed, warmed_last = _warmup_run(2, "cosine")
+    # The cosine schedule steps from its own rates: the warm-up only scales the epochs it covers.
+    assert warmed == [cosine[0] / 3, cosine[1] * 2 / 3, *cosine[2:]] and warmed_last == cosine_last

@@ -275,7 +275,8 @@ def refit_network(predictor: Predictor, train: engine.TensorData, validation: en
     model = build_model(predictor.preprocessor.layout(), predictor.task.n_outputs, config.model)
     model = model.to(device=predictor.device, dtype=predictor.dtype)
     lrs = [row["lr"] for row in state.history[: state.best_epoch]]
-    again = replace(config.train, epochs=state.best_epoch, patience=0, schedule="none")
+    # The replayed rates are those the epochs trained at, warm-up included.
+    again = replace(config.train, epochs=state.best_epoch, patience=0, schedule="none", warmup=0)
     if verbose:
         print(f"refit: a fresh network on {len(both):,} training and validation rows for {state.best_epoch} "
               "epochs", file=sys.stderr, flush=True)

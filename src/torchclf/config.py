@@ -306,6 +306,8 @@ PARAMS: tuple[Param, ...] = (
           "over the classes (0/1 targets towards e/2 and 1 - e/2); the validation loss stays unsmoothed.",
           low=0.0, high=0.5, high_open=True, page=(0.0, 0.3), page_default=0.0),
     Param("schedule", "train", "plateau", "Learning-rate schedule.", kind="str", choices=SCHEDULES),
+    Param("warmup", "train", 0, "Learning-rate warm-up: epoch e of the first N trains at e/(N+1) of the "
+          "scheduled rate; 0 = none.", kind="int", low=0),
     Param("patience", "train", 30, "Stop after this many evaluations without improvement; 0 = off.",
           kind="int", low=0, estimator="n_iter_no_change"),
     Param("patience_min", "train", 15, "An early best waits less: stop after as many evaluations without "

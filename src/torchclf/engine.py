@@ -256,6 +256,21 @@ def default_callbacks(config: TrainConfig, verbose: bool, has_validation: bool, 
     return callbacks
 
 
+def warm_up(optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> list[float] | None:
+    """Scale the learning rates for ``epoch`` of a warm-up over ``epochs`` (e/(N+1) of the scheduled rate).
+
+    Returns the scheduled rates to put back after the epoch (None outside the warm-up), so that schedulers,
+    which step from the optimizer's rate, never see the scaled one; the history records the scaled rate,
+    the one the epoch trained at (a refit replays it).
+    """
+    if epoch > epochs:
+        return None
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * epoch / (epochs + 1)
+    return scheduled
+
+
 def _step_end(state: TrainState, hooks: list[Callback], step: int, steps: int) -> None:
     state.step, state.steps = step, steps
     for cb in hooks:
@@ -328,11 +343,15 @@ def fit(
             cb.on_epoch_begin(state)
         config, optimizer, scheduler = state.config, state.optimizer, state.scheduler
         t0 = time.perf_counter()
+        scheduled = warm_up(optimizer, epoch, config.warmup)
+        lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = run_epoch(train_model, task, loss_fn, optimizer, train,
                                           batch_rows(config.batch_size, len(train)), generator, precision, after_step,
                                           graphed)
+        for group, rate in zip(optimizer.param_groups, scheduled or ()):
+            group["lr"] = rate  # the schedule steps from its own rate
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-               "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"]}
+               "val_loss": None, "val_accuracy": None, "lr": lr}
         if validation is not None and len(validation) and (epoch % config.eval_every == 0 or epoch == config.epochs):
             row["val_loss"], row["val_accuracy"] = evaluate(model, task, eval_loss_fn, validation)
         row["seconds"] = time.perf_counter() - t0
