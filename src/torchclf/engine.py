@@ -344,10 +344,10 @@ def fit(
         config, optimizer, scheduler = state.config, state.optimizer, state.scheduler
         t0 = time.perf_counter()
         scheduled = warm_up(optimizer, epoch, config.warmup)
-        lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = run_epoch(train_model, task, loss_fn, optimizer, train,
                                           batch_rows(config.batch_size, len(train)), generator, precision, after_step,
                                           graphed)
+        lr = optimizer.param_groups[0]["lr"]
         for group, rate in zip(optimizer.param_groups, scheduled or ()):
             group["lr"] = rate  # the schedule steps from its own rate
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,

@@ -138,7 +138,7 @@ class GraphedSteps:
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.graphs: dict[int, _Graph] = {}
         self.stats = GraphStats()
-        self._owner = None  # (optimizer, its state) the graphs were captured with
+        self._owner: tuple | None = None  # (optimizer, its state) the graphs were captured with
         self._lr_tensors: list[torch.Tensor] = []
         self._lr_numbers: tuple = ()  # an SGD's learning rates baked into its graphs
         self._saved: list[tuple] = []  # per group: (number lr, capturable) to put back after the epoch
@@ -148,10 +148,11 @@ class GraphedSteps:
         return isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
 
     def _begin(self, optimizer) -> None:
-        owner = (id(optimizer), id(optimizer.state))
-        if owner != self._owner:  # a new optimizer or restored state: the graphs hold stale addresses
+        # A new optimizer or a restored state: the graphs hold stale addresses. Compared by identity, with the
+        # objects held (an id alone could be reused by a new object once the old one is freed).
+        if self._owner is None or self._owner[0] is not optimizer or self._owner[1] is not optimizer.state:
             self.graphs.clear()
-            self._owner, self._lr_tensors, self._lr_numbers = owner, [], ()
+            self._owner, self._lr_tensors, self._lr_numbers = (optimizer, optimizer.state), [], ()
         groups = optimizer.param_groups
         self._saved = [(g["lr"], g.get("capturable")) for g in groups]
         if self.backend.capturable:
