@@ -169,3 +169,25 @@ def test_a_file_without_the_target_shows_its_first_rows_unlabelled(binary, tmp_p
     features, target, where = rows_to_explain(predictor, str(tmp_path / "new.csv"), n=3)
     assert target is None and where == f"{tmp_path / 'new.csv'} (first rows, no labels)"
     np.testing.assert_allclose(features[["x", "y"]].to_numpy(), frame[["x", "y"]].head(3).to_numpy())
+
+
+def test_picked_rows_go_round_the_classes_as_the_row_by_row_rule_did():
+    """The first row of each class in order of appearance, then the second of each, ...: worked out for all rows
+    at once (row by row in Python it took 0.42 s for a 40,000-row test split), with the same rows as before."""
+
+    def row_by_row(ds, n, seed):
+        order = np.random.default_rng(seed).permutation(ds.n_rows)
+        labels = ds.target.astype(str).to_numpy()[order]
+        groups = [order[labels == c] for c in pd.unique(labels)]
+        order = np.array([g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)])
+        return np.sort(order[:n])
+
+    rng = np.random.default_rng(1)
+    for case in range(200):
+        rows, classes = int(rng.integers(1, 300)), int(rng.integers(1, 12))
+        target = pd.Series(rng.integers(0, classes, rows) * 3).astype(str if case % 2 else int)
+        ds = Dataset(features=pd.DataFrame({"row": np.arange(rows)}), target=target)
+        n = int(rng.integers(1, rows + 3))
+        features, labels = pick_rows(ds, n, seed=case)
+        assert list(features["row"]) == list(row_by_row(ds, n, case))
+        assert list(labels) == list(target.iloc[features["row"]])

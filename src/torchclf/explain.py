@@ -177,10 +177,15 @@ def pick_rows(ds: Dataset, n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.Seri
     rng = np.random.default_rng(seed)
     order = rng.permutation(ds.n_rows)
     if not ds.multilabel:
-        # Round-robin over classes so a handful of rows still shows every class.
-        labels = ds.target.astype(str).to_numpy()[order]
-        groups = [order[labels == c] for c in pd.unique(labels)]
-        order = np.array([g[i] for i in range(max(map(len, groups))) for g in groups if i < len(g)])
+        # Round-robin over classes so a handful of rows still shows every class: the first row of each class
+        # (classes in the order they first appear), then the second of each, and so on. Only the first n are
+        # needed, but the order is worked out for every row at once rather than row by row in Python.
+        classes = pd.factorize(ds.target.astype(str).to_numpy()[order])[0]
+        by_class = np.argsort(classes, kind="stable")
+        starts = np.searchsorted(classes[by_class], np.arange(classes.max() + 1))
+        rank = np.empty_like(classes)
+        rank[by_class] = np.arange(len(classes)) - starts[classes[by_class]]
+        order = order[np.lexsort((classes, rank))]
     chosen = np.sort(order[:n])
     return ds.features.iloc[chosen].reset_index(drop=True), ds.target.iloc[chosen].reset_index(drop=True)
 
