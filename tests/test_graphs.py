@@ -263,9 +263,9 @@ def test_the_cuda_context_is_created_in_the_background_only_where_training_will_
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: made.append(kw.get("device")))
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     for name in ("cpu", "mps", "auto", "cuda"):
-        engine.warm_up_device(name)
+        engine.start_cuda_context(name)
     monkeypatch.setenv("LOCAL_RANK", "0")  # torchrun's processes choose their own GPU
-    engine.warm_up_device("cuda")
+    engine.start_cuda_context("cuda")
     for thread in [t for t in __import__("threading").enumerate() if t.name == "torchclf-cuda-context"]:
         thread.join(5)
     assert made == ["cuda", "cuda"]

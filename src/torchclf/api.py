@@ -138,7 +138,7 @@ def prepare(spec: RunSpec, *, labels: LabelCoder | None = None, dtype: torch.dty
         predictor = Predictor(model, old.task, old.preprocessor, old.labels, config, label_sep=old.label_sep,
                               target_columns=old.target_columns)
         return Prepared(spec, reuse.splits, predictor, reuse.data_summary)
-    engine.warm_up_device(config.train.device)
+    engine.start_cuda_context(config.train.device)
     dataset = spec.dataset()
     check_target(dataset.target, config.task, dataset.name)
     check_not_target(config.data.drop, dataset.target_columns)

@@ -73,7 +73,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def warm_up_device(name: str) -> None:
+def start_cuda_context(name: str) -> None:
     """Start creating the CUDA context in a background thread, where ``name`` ("auto" or "cuda") will train
     on a GPU, so that the second or more it takes overlaps reading and encoding the data.
 
@@ -256,7 +256,7 @@ def default_callbacks(config: TrainConfig, verbose: bool, has_validation: bool, 
     return callbacks
 
 
-def warm_up(optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> list[float] | None:
+def warm_up_rates(optimizer: torch.optim.Optimizer, epoch: int, epochs: int) -> list[float] | None:
     """Scale the learning rates for ``epoch`` of a warm-up over ``epochs`` (e/(N+1) of the scheduled rate).
 
     Returns the scheduled rates to put back after the epoch (None outside the warm-up), so that schedulers,
@@ -343,7 +343,7 @@ def fit(
             cb.on_epoch_begin(state)
         config, optimizer, scheduler = state.config, state.optimizer, state.scheduler
         t0 = time.perf_counter()
-        scheduled = warm_up(optimizer, epoch, config.warmup)
+        scheduled = warm_up_rates(optimizer, epoch, config.warmup)
         train_loss, train_acc = run_epoch(train_model, task, loss_fn, optimizer, train,
                                           batch_rows(config.batch_size, len(train)), generator, precision, after_step,
                                           graphed)

@@ -70,9 +70,9 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     copied into one 2-D block per type (``split_blocks``), and column chunks
     are read as they are decoded rather than all buffered first
     (``pre_buffer=False``). Measured on 5,000,000 rows x 33 float64 columns
-    (1.32 GB in memory): 4.24 GB peak and 3.8 s plain, 2.4 to 3.2 GB and
-    0.9 to 1.5 s so. pandas before 3.0 has no ``to_pandas_kwargs``: there the
-    plain read.
+    (1.32 GB in memory), separate processes: 4.24 GB peak in 3.8 to 10.9 s
+    plain, 2.4 to 2.6 GB in 1.8 to 2.3 s so. pandas before 3.0 has no
+    ``to_pandas_kwargs``: there the plain read.
     """
     import inspect
 
