@@ -27,7 +27,7 @@ def _dataset(labels) -> Dataset:
     return Dataset(name="t", features=pd.DataFrame({"x": np.arange(len(target))}), target=target)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     counts=st.lists(st.integers(1, 40), min_size=1, max_size=7),
     fraction=st.sampled_from([0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5]),
@@ -77,7 +77,7 @@ def _reference_parts(ds: Dataset, test_size: float, validation_size: float, seed
     return rest.take(keep), rest.take(held), test
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(counts=st.lists(st.integers(2, 30), min_size=2, max_size=5), seed=st.integers(0, 10_000),
        sizes=st.sampled_from([(0.2, 0.1), (0.25, 0.25), (0.1, 0.3)]))
 def test_the_three_parts_are_those_of_two_splits_in_a_row(counts, seed, sizes):
