@@ -27,6 +27,7 @@ def _dataset(labels) -> Dataset:
     return Dataset(name="t", features=pd.DataFrame({"x": np.arange(len(target))}), target=target)
 
 
+@pytest.mark.filterwarnings("ignore:.*too few to stratify")
 @settings(max_examples=80, deadline=None)
 @given(
     counts=st.lists(st.integers(1, 40), min_size=1, max_size=7),
@@ -77,6 +78,7 @@ def _reference_parts(ds: Dataset, test_size: float, validation_size: float, seed
     return rest.take(keep), rest.take(held), test
 
 
+@pytest.mark.filterwarnings("ignore:.*too few to stratify")
 @settings(max_examples=25, deadline=None)
 @given(counts=st.lists(st.integers(2, 30), min_size=2, max_size=5), seed=st.integers(0, 10_000),
        sizes=st.sampled_from([(0.2, 0.1), (0.25, 0.25), (0.1, 0.3)]))
