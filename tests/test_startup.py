@@ -43,7 +43,6 @@ def test_the_console_entry_runs_exit_handlers_then_leaves_with_the_status(tmp_pa
     assert bad.stderr == f"error: {tmp_path / 'absent.csv'}: no such file (check the path)\n"
 
 
-
 def test_training_from_a_file_at_the_command_line_imports_neither_scikit_learn_nor_scipy(tmp_path):
     """The split is torchclf's own (tests/test_split.py checks that it takes scikit-learn's rows), and so is the
     temperature search (tests/test_calibration.py compares it with scipy's)."""
