@@ -70,7 +70,7 @@ def category_frame():
 
 
 def test_columns_over_onehot_max_become_one_code_column_and_rare_categories_share_other():
-    pre = Preprocessor(onehot_max=2).fit(category_frame())
+    pre = Preprocessor(onehot_max=2, embed_rows=None).fit(category_frame())
     city = pre.columns[1]
     # a, b, c twice each; d and the missing value once: below MIN_EMBEDDED_ROWS, so <other>
     assert (city.embed, city.categories) == (True, ["a", "b", "c"])
@@ -97,7 +97,7 @@ def test_a_column_of_rare_categories_stays_one_hot_below_embed_rows():
     assert pre.output_names[149:] == [f"name={name.categories[-1]}", "name=<other>", "city#code"]
     assert pre.layout() == InputLayout(152, numeric=(), codes=((151, 21),))
     # Without the rule (as before it, and as saved runs were) both are embedded, name without its rare ones.
-    old = Preprocessor(max_categories=100_000, onehot_max=16).fit(frame)
+    old = Preprocessor(max_categories=100_000, onehot_max=16, embed_rows=None).fit(frame)
     assert [(c.embed, len(c.categories)) for c in old.columns] == [(True, 43), (True, 20)]
     again = Preprocessor.from_dict(pre.to_dict())
     assert again.embed_rows == 8

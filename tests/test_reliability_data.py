@@ -115,14 +115,18 @@ def test_hundreds_of_classes_draw_a_confusion_matrix_without_per_cell_texts(tmp_
 
 
 # ----- 10: an encoded matrix larger than memory ----------------------------------------------------
+def _users_csv(tmp_path, rows: int, users: int):
+    """A CSV of ``rows`` rows: a number, a user id cycling through ``users`` values, and a two-class label."""
+    frame = pd.DataFrame({"x1": np.random.default_rng(0).normal(size=rows),
+                          "id": [f"u{i % users}" for i in range(rows)], "label": ["a", "b"] * (rows // 2)})
+    frame.to_csv(tmp_path / "users.csv", index=False)
+    return tmp_path / "users.csv"
+
+
 def test_an_encoding_larger_than_memory_is_refused_with_the_size_and_a_fix(tmp_path, quick, monkeypatch):
     monkeypatch.setattr(preprocess, "available_memory", lambda: 16 * 2**20, raising=False)
-    n = 3000
     # 2,500 users, 500 of them twice: a category with many values (one per row would be an identifier, left out)
-    frame = pd.DataFrame({"x1": np.random.default_rng(0).normal(size=n), "id": [f"u{i % 2500}" for i in range(n)],
-                          "label": ["a", "b"] * (n // 2)})
-    frame.to_csv(tmp_path / "users.csv", index=False)
-    err = _fails(tmp_path, tmp_path / "users.csv", "--target", "label", "--onehot-max", "none")
+    err = _fails(tmp_path, _users_csv(tmp_path, 3000, 2500), "--target", "label", "--onehot-max", "none")
     # 2,100 training rows x (1 numeric + 1,849 categories in them + <other>) inputs x 4 bytes.
     assert err.endswith(": the encoded rows would take 14.8 MiB (2,100 rows x 1,851 inputs x 4 bytes), more than "
                         "75% of the 16.0 MiB of memory available; column 'id' alone has 1,850 one-hot inputs: "
@@ -132,12 +136,8 @@ def test_an_encoding_larger_than_memory_is_refused_with_the_size_and_a_fix(tmp_p
 
 def test_a_column_kept_one_hot_for_its_rare_categories_gets_the_embed_rows_fix(tmp_path, quick, monkeypatch):
     monkeypatch.setattr(preprocess, "available_memory", lambda: 4 * 2**20, raising=False)
-    n = 6000
     # 1,000 users of 6 rows each: over --onehot-max, but too rare to embed under the default --embed-rows
-    frame = pd.DataFrame({"x1": np.random.default_rng(0).normal(size=n), "id": [f"u{i % 1000}" for i in range(n)],
-                          "label": ["a", "b"] * (n // 2)})
-    frame.to_csv(tmp_path / "users.csv", index=False)
-    err = _fails(tmp_path, tmp_path / "users.csv", "--target", "label")
+    err = _fails(tmp_path, _users_csv(tmp_path, 6000, 1000), "--target", "label")
     assert "one-hot inputs: embed it with --embed-rows none (embed_rows), which embeds it although its " \
            "categories are rare, lower --max-categories" in err, err
 

@@ -308,10 +308,13 @@ class Preprocessor:
         Columns to leave out (``--drop``). Before anything is encoded a
         :class:`~torchclf.data.columns.ColumnPlan` also leaves out identifier
         and free-text columns and turns date columns into numeric parts.
+
+    The defaults are the parameter table's (``config.PARAMS``), as ``torchclf train`` uses them.
     """
 
-    def __init__(self, max_categories: int = 50, numeric_text_ratio: float = 0.95, scaling: str = "standard",
-                 onehot_max: int | None = None, drop=(), embed_rows: int | None = None):
+    def __init__(self, max_categories: int = PARAM["max_categories"].default, numeric_text_ratio: float = 0.95,
+                 scaling: str = PARAM["scaling"].default, onehot_max: int | None = PARAM["onehot_max"].default,
+                 drop=(), embed_rows: int | None = PARAM["embed_rows"].default):
         self.max_categories = max_categories
         self.numeric_text_ratio = numeric_text_ratio
         self.scaling = scaling
