@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchclf.config import ModelConfig
-from torchclf.model import MLP, PRESETS, build_model, state_shapes
+from torchclf.model import DROP_LEVELS, MLP, PRESETS, Dropout, build_model, dropout, state_shapes
 from torchclf.preprocess import InputLayout
 
 # The functional form of each activation name: the oracle for the modules the builder picks.
@@ -116,6 +116,54 @@ def test_dropout_acts_in_training_only_and_batch_norm_uses_running_stats_in_eval
     lin, bn, _, _, head = model.layers
     h = F.relu(F.batch_norm(lin(x), bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps))
     torch.testing.assert_close(first, head(h), rtol=0, atol=1e-6)
+
+
+
+# ----- dropout on the CPU ----------------------------------------------------------------
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
+def test_cpu_dropout_drops_p_of_the_elements_and_scales_the_rest_to_keep_the_mean(p):
+    """Over 4M elements each fraction is within 4.5 standard deviations of its expectation; a biased byte
+    of the random draws (a top bit always 0, say) would move the dropped fraction by a quarter of p or more."""
+    cut = round(p * DROP_LEVELS)
+    x = torch.randn(1000, 4000)
+    torch.manual_seed(7)
+    y = dropout(x, p, True)
+    dropped = y == 0
+    n = x.numel()
+    assert abs(dropped.float().mean().item() - cut / DROP_LEVELS) < 4.5 * (p * (1 - p) / n) ** 0.5
+    # Every element is dropped or kept, and each quarter of a 64-bit draw decides its own element.
+    torch.testing.assert_close(y[~dropped], x[~dropped] * (DROP_LEVELS / (DROP_LEVELS - cut)), rtol=1e-6, atol=0)
+    for k in range(4):
+        share = dropped.flatten()[k::4].float().mean().item()
+        assert abs(share - cut / DROP_LEVELS) < 4.5 * (p * (1 - p) / (n / 4)) ** 0.5, k
+
+
+def test_cpu_dropout_is_seeded_by_torch_and_its_gradient_uses_the_same_mask():
+    x = torch.randn(64, 33, requires_grad=True)  # 64 x 33 is not a multiple of the 4 decisions per draw
+    torch.manual_seed(3)
+    y = dropout(x, 0.3, True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(dropout(x, 0.3, True), y, rtol=0, atol=0)
+    y.sum().backward()
+    scale = DROP_LEVELS / (DROP_LEVELS - round(0.3 * DROP_LEVELS))
+    torch.testing.assert_close(x.grad, torch.where(y == 0, 0.0, scale), rtol=0, atol=0)
+    # Outside training, with p 0, or on an empty batch: torch's dropout (the identity here).
+    for args in ((x, 0.3, False), (x, 0.0, True), (x[:0], 0.3, True)):
+        assert torch.equal(dropout(*args), args[0])
+    # p = 1 drops everything, as torch's does.
+    assert torch.equal(dropout(x, 1.0, True), torch.zeros_like(x))
+
+
+def test_the_network_drops_with_torchclfs_dropout_and_stays_a_torch_dropout():
+    model = build_model(4, 2, ModelConfig(hidden=(32,), activation="relu", dropout=0.25))
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert [type(m) for m in drops] == [Dropout]
+    x = torch.randn(16, 4)
+    torch.manual_seed(5)
+    out = model(x)
+    lin, act, _, head = model.layers
+    torch.manual_seed(5)
+    torch.testing.assert_close(out, head(dropout(act(lin(x)), 0.25, True)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("norm, extra", [("none", 0), ("batch", 2 * (6 + 4)), ("layer", 2 * (6 + 4))])

@@ -36,7 +36,7 @@ from torchclf.callbacks import Callback
 from torchclf.config import PARAMS, ModelConfig, TrainConfig
 from torchclf.data.builtin import load_builtin
 from torchclf.errors import TorchclfError
-from torchclf.model import PRESETS, build_model
+from torchclf.model import PRESETS, build_model, dropout
 from torchclf.playground.server import bind, create_app, is_loopback, url_of
 from torchclf.playground.session import _hidden_outputs
 from torchclf.playground.settings import TABLE_SETTINGS, builtin_spec, parse_settings, run_config, train_command
@@ -536,7 +536,7 @@ def test_the_engine_hooks_the_playground_uses():
     dropped = build_model(2, 1, ModelConfig(hidden=(5, 3), activation="tanh", dropout=0.5))
     dropped.load_state_dict(dict(zip(dropped.state_dict(), plain.state_dict().values(), strict=True)))
     for module in _hidden_outputs(plain):
-        module.register_forward_hook(lambda m, i, out: torch.nn.functional.dropout(out, 0.5, m.training))
+        module.register_forward_hook(lambda m, i, out: dropout(out, 0.5, m.training))
     torch.manual_seed(3)
     hooked = plain(X)
     torch.manual_seed(3)

@@ -50,6 +50,36 @@ class PeriodicEmbedding(nn.Module):
         return torch.relu(out).flatten(1)
 
 
+# Dropout on the CPU. torch's own draws one Bernoulli variable per element from its Mersenne Twister: 1.3 to
+# 1.5 ms for a 512 x 256 batch, a quarter of the default network's training time on the CPU (measured in
+# docs/benchmarks.md). Here each element's decision is 16 bits of a block of 64-bit random integers drawn
+# from the same generator (so seeding, checkpoints and resuming treat it as before): p is rounded to a
+# multiple of 1/65536 (0.2 drops 13107/65536 = 0.19999695 of the elements), and the kept ones are scaled by
+# the inverse of the rounded keep rate, so every element's expectation is unchanged. 0.55 ms for that batch,
+# forward; the backward pass is one multiplication. Elsewhere (CUDA's Philox draws are fast and graph-safe)
+# and outside training, torch's dropout.
+DROP_LEVELS = 1 << 16
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``torch.nn.functional.dropout(x, p, training)``, drawn faster on the CPU (see above)."""
+    cut = round(p * DROP_LEVELS)
+    if not training or x.device.type != "cpu" or not 0 < cut < DROP_LEVELS or x.numel() == 0:
+        return nn.functional.dropout(x, p, training)
+    n = x.numel()
+    draws = torch.randint(-(2 ** 63), 2 ** 63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+    codes = draws.view(torch.int16)[:n].view(x.shape)  # uniform on -32768 .. 32767
+    keep = (codes >= cut - DROP_LEVELS // 2).to(x.dtype).mul_(DROP_LEVELS / (DROP_LEVELS - cut))
+    return x * keep
+
+
+class Dropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` through :func:`dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
 def periodic_columns(layout: InputLayout, config: ModelConfig) -> tuple[int, ...]:
     """The encoded columns that get periodic embeddings: the numeric ones, when ``numeric_embedding`` is
     ``periodic`` and there are at most ``periodic_max`` of them; else none."""
@@ -146,7 +176,7 @@ class MLP(nn.Module):
             if config.activation != "linear":
                 layers.append(_ACTIVATIONS[config.activation]())
             if config.dropout > 0:
-                layers.append(nn.Dropout(config.dropout))
+                layers.append(Dropout(config.dropout))
             width = units
         layers.append(nn.Linear(width, n_outputs))
         self.layers = nn.Sequential(*layers)

@@ -45,7 +45,7 @@ from torchclf.data import Dataset, Splits, split_dataset
 from torchclf.data.builtin import load_builtin
 from torchclf.data.features import RAW, derive
 from torchclf.errors import TorchclfError
-from torchclf.model import build_model
+from torchclf.model import build_model, dropout
 from torchclf.playground import settings as page_settings
 from torchclf.playground.settings import (
     UPLOAD,
@@ -626,7 +626,7 @@ class Run:
         self._dropout_p = p
         if not self._dropout_hooks:
             def drop(module, inputs, output):
-                return nn.functional.dropout(output, self._dropout_p, module.training) if self._dropout_p else None
+                return dropout(output, self._dropout_p, module.training) if self._dropout_p else None
 
             self._dropout_hooks = [m.register_forward_hook(drop) for m in _hidden_outputs(model)]
 
