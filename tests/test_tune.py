@@ -243,7 +243,7 @@ def test_a_killed_tune_finishes_only_the_remaining_trials(tmp_path, monkeypatch,
     """A tune process killed in its third trial; the same command, run again (in this process), does the rest."""
     out = tmp_path / "killed"
     url = f"sqlite:///{out.resolve()}.optuna.db"
-    args = ("--trials", "6", "--epochs", "30", "--pruner", "none", "--out", str(out))
+    args = ("--trials", "6", "--epochs", "30", "--pruner", "none", "--confirm", "0", "--out", str(out))
     first = _tune_process(*args, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         _wait_for_trial(first, url, "killed", 2, running=True)
@@ -273,7 +273,10 @@ def test_two_processes_share_one_study(tmp_path, monkeypatch, no_tune_pictures):
     """A tune in another process and the same command in this process, begun once the other runs a trial."""
     out = tmp_path / "shared"
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    args = ("--trials", "6", "--epochs", "15", "--pruner", "none", "--storage", url, "--study", "s", "--out", str(out))
+    # Trials of about 0.3 s each: long enough for this process to join before the other has run them all.
+    # No confirmation: the workers' shared choice is the subject here (confirm_trial is tested above).
+    args = ("--trials", "6", "--epochs", "40", "--pruner", "none", "--confirm", "0", "--storage", url, "--study", "s",
+            "--out", str(out))
     monkeypatch.setenv("TORCHCLF_TUNE_HEARTBEAT", "1")
     # Files, not pipes: nothing reads the other process's output while this one tunes.
     with open(tmp_path / "other.out", "w+") as other_out, open(tmp_path / "other.err", "w+") as other_err:
@@ -339,6 +342,7 @@ def test_a_bad_space_file_is_one_line_and_exit_2(tmp_path, text, message):
     (("--val-size", "0"), "tune: needs validation rows to score trials on"),
     (("--pruner", "mean"), "--pruner: got 'mean', expected one of quartile, median, halving, none"),
     (("--timeout", "0"), "--timeout: got 0.0, expected a number of seconds above 0"),
+    (("--confirm", "1"), "--confirm: got 1, expected 0 (no confirmation) or a number of folds >= 2"),
     (("--lr", "0.01", "--weight-decay", "0", "--dropout", "0", "--batch-size", "32", "--hidden", "8",
       "--label-smoothing", "0", "--numeric-embedding", "none", "--embedding-dim", "4", "--scaling", "robust",
       "--onehot-max", "4"),
@@ -447,7 +451,8 @@ def test_the_defaults_are_the_first_trial(tmp_path, no_tune_pictures):
     import torchclf
     from torchclf.tune import choose_trial, unpack_losses
 
-    result = torchclf.tune(DATA, trials=3, config=api.make_config(train={"epochs": 12}), out=tmp_path / "d")
+    result = torchclf.tune(DATA, trials=3, config=api.make_config(train={"epochs": 12}), out=tmp_path / "d",
+                           confirm=0)
     first = result.study.trials[0]
     assert first.user_attrs["defaults"] is True
     assert first.params == {"lr": 0.001, "weight_decay": 0.01, "dropout": 0.2, "batch_size": 64, "width": 256,
@@ -494,6 +499,125 @@ def test_the_best_trial_replaces_the_defaults_only_when_clearly_better():
     assert trial.number == 0 and choice["standard_error"] == pytest.approx((0.015625 / 3) ** 0.5 / 2, rel=1e-12)
     assert choose_trial(study, within=1)[0].number == 1
 
+
+
+def test_fold_numbers_deal_each_class_evenly_and_follow_the_seed():
+    import numpy as np
+    import pandas as pd
+
+    from torchclf.data import Dataset
+    from torchclf.tune import fold_numbers
+
+    target = pd.Series(["a"] * 10 + ["b"] * 7 + ["c"] * 3)
+    rows = Dataset(pd.DataFrame({"x": np.arange(20.0)}), target)
+    folds = fold_numbers(rows, 3, seed=4)
+    counts = pd.crosstab(target, folds)  # classes x folds
+    # Dealt round-robin over the rows sorted by class: a's 10 rows go to folds 0, 1, 2, 0, ..., b's continue.
+    assert counts.to_numpy().tolist() == [[4, 3, 3], [2, 3, 2], [1, 1, 1]]
+    assert np.array_equal(fold_numbers(rows, 3, seed=4), folds)
+    assert not np.array_equal(fold_numbers(rows, 3, seed=5), folds)
+    # Multilabel: no classes to deal by, a seeded shuffle in equal folds.
+    labels = Dataset(pd.DataFrame({"x": np.arange(10.0)}), pd.DataFrame({"p": [0, 1] * 5, "q": [1] * 10}))
+    assert sorted(np.bincount(fold_numbers(labels, 4, seed=0)).tolist()) == [2, 2, 3, 3]
+
+
+# Three epochs: the defaults (lr 1e-3) are still learning, so a trial with a larger rate beats them.
+CONFIRMED = {"data": "moons:n_samples=300,noise=0.3", "trials": 5, "pruner": "none", "confirm": 3,
+             "space": {"lr": {"low": 1e-4, "high": 0.1, "log": True}}}
+
+
+def test_a_trial_that_beats_the_defaults_is_confirmed_by_cross_validation(tmp_path, no_tune_pictures, monkeypatch):
+    import numpy as np
+
+    import torchclf
+    from torchclf import tune as tuning
+    from torchclf.tune import unpack_losses
+
+    config = api.make_config(train={"epochs": 3, "seed": 5})
+    lines = []
+    result = torchclf.tune(**CONFIRMED, config=config, out=tmp_path / "c", verbose=True, write=lines.append)
+    study, choice = result.study, result.choice
+    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert complete[0].number != 0 and study.trials[0].user_attrs["defaults"]  # the premise
+    finalists = [0, *[t.number for t in complete if t.number != 0][:2]]
+    # Each finalist's out-of-fold loss of every training and validation row (240 of 300), kept in the study.
+    stored = {n: unpack_losses(study.user_attrs[f"cv_losses_3_{n}"]) for n in finalists}
+    assert sorted(choice["cross_validated"]) == sorted(map(str, finalists)) and choice["rows"] == 240
+    assert {n: len(v) for n, v in stored.items()} == dict.fromkeys(finalists, 240)
+    for n, losses in stored.items():
+        assert choice["cross_validated"][str(n)] == pytest.approx(losses.mean(), rel=1e-6)
+    # The finalist with the lowest cross-validated loss, saved when more than one standard error below the defaults.
+    finalist = min(finalists[1:], key=lambda n: stored[n].mean())
+    diff = stored[finalist] - stored[0]
+    se = diff.std(ddof=1) / np.sqrt(len(diff))
+    assert choice["finalist"] == finalist and choice["standard_error"] == pytest.approx(se, rel=1e-5)
+    assert result.best_trial == (finalist if diff.mean() < -se else 0)
+    assert any(line.startswith("confirming: 3-fold cross-validation of the defaults (trial 0) and trial(s) ")
+               for line in lines)
+    saved = json.loads((tmp_path / "c" / "model.json").read_text())["extra"]["tune"]
+    assert saved["trial"] == result.best_trial and saved["choice"]["cross_validated"] == choice["cross_validated"]
+    # The report's Tuning section says so.
+    from torchclf.report import _tuning_choice
+
+    means = [f"trial {n} {stored[n].mean():.4f}" + (" (the defaults)" if n == 0 else "") for n in finalists]
+    assert _tuning_choice(choice) == [["how it was chosen", choice["rule"]],
+                                      ["3-fold cross-validated loss on 240 rows", ", ".join(means)]]
+
+    # The same study again (a resumed or second worker): the kept losses are read, not trained again.
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a finalist again")
+
+    monkeypatch.setattr(tuning, "cross_validated_losses", no_training)
+    again = torchclf.tune(**CONFIRMED, config=config, out=tmp_path / "again", storage=f"{tmp_path / 'c'}.optuna.db",
+                          study="c")
+    assert (again.best_trial, again.choice) == (result.best_trial, choice)
+    # Without confirmation: the validation rows' rule.
+    plain = torchclf.tune(**{**CONFIRMED, "confirm": 0}, config=config, out=tmp_path / "plain",
+                          storage=f"{tmp_path / 'c'}.optuna.db", study="c")
+    assert "cross_validated" not in plain.choice and plain.choice["best_trial"] == complete[0].number
+
+
+def test_the_confirmed_finalist_replaces_the_defaults_only_when_clearly_better():
+    """The rule on stored cross-validated losses (nothing is trained): the finalist with the lowest of them,
+    saved when more than one standard error of the per-row difference below the defaults'."""
+    import types
+
+    import numpy as np
+    from optuna.distributions import FloatDistribution
+
+    from torchclf.tune import DEFAULT_SPACE, choose_trial, confirm_trial, pack_losses
+
+    defaults = np.array([0.5, 0.25, 0.75, 1.0])
+
+    def study_with(validation: list[float], cross_validated: list):
+        study = optuna.create_study()
+        for number, value in enumerate(validation):
+            study.add_trial(optuna.trial.create_trial(
+                params={"lr": 0.001 * (number + 1)}, distributions={"lr": FloatDistribution(1e-4, 1.0)}, value=value,
+                user_attrs={"defaults": True} if number == 0 else {}))
+            study.set_user_attr(f"cv_losses_4_{number}", pack_losses(cross_validated[number]))
+        return study
+
+    pool = types.SimpleNamespace(n_rows=4)
+    # Trial 2 has the lowest validation loss, but trial 1 the lowest cross-validated one: 0.125 below the
+    # defaults' on every row, clearly better.
+    study = study_with([0.6, 0.5, 0.4], [defaults, defaults - 0.125, defaults + 0.25])
+    trial, choice = confirm_trial(study, DEFAULT_SPACE, pool, None, None, folds=4)
+    assert trial.number == 1 and choice == {
+        "rule": "the finalist with the lowest 4-fold cross-validated loss, unless within 1 standard error(s) of "
+                "the defaults'", "best_trial": 2, "best_value": 0.4, "defaults_trial": 0, "defaults_value": 0.6,
+        "cross_validated": {"0": 0.625, "2": 0.875, "1": 0.5}, "folds": 4, "rows": 4, "finalist": 1,
+        "difference": -0.125, "standard_error": 0.0}
+    # 0.0625 lower on average, by -0.125, -0.125, 0, 0: 1.7 standard errors, replaces them; by -0.5, 0.25, -0.25,
+    # 0.25 (a standard error of 0.1875): kept.
+    study = study_with([0.6, 0.5], [defaults, defaults + np.array([-0.125, -0.125, 0.0, 0.0])])
+    assert confirm_trial(study, DEFAULT_SPACE, pool, None, None, folds=4)[0].number == 1
+    study = study_with([0.6, 0.5], [defaults, defaults + np.array([-0.5, 0.25, -0.25, 0.25])])
+    trial, choice = confirm_trial(study, DEFAULT_SPACE, pool, None, None, folds=4)
+    assert trial.number == 0 and (choice["difference"], choice["standard_error"]) == (-0.0625, 0.1875)
+    # The defaults with the lowest validation loss: nothing to confirm, choose_trial's answer.
+    study = study_with([0.4, 0.5], [defaults, defaults - 0.125])
+    assert confirm_trial(study, DEFAULT_SPACE, pool, None, None, folds=4) == choose_trial(study)
 
 def test_a_trial_reuses_the_split_and_preprocessing_and_seeds_its_network_as_ever():
     import torch

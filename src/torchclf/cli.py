@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from torchclf.config import PRUNERS, TASKS  # a leaf module: the help texts take their names from it
+from torchclf.config import CONFIRM_FOLDS, PRUNERS, TASKS  # a leaf module: the help texts take their names from it
 
 app = typer.Typer(
     name="torchclf",
@@ -475,6 +475,7 @@ def tune(
     study: Optional[str] = typer.Option(None, "--study", help="The study's name in the storage (default: OUT's folder name)."),
     space: Optional[Path] = typer.Option(None, "--space", help="A TOML file with a [space] table over the default search space (see docs/tune.md)."),
     pruner: str = typer.Option(PRUNERS[0], "--pruner", help=f"Stop hopeless trials early: {', '.join(PRUNERS)} (see docs/tune.md)."),
+    confirm: int = typer.Option(CONFIRM_FOLDS, "--confirm", help="When a trial beats the defaults on the validation rows, cross-validate it, the runner-up and the defaults on this many folds of the training and validation rows before saving it; 0: no confirmation (see docs/tune.md)."),
     task: str = typer.Option("auto", help=", ".join(TASKS) + "."),
     label_sep: Optional[str] = typer.Option(None, help="Multilabel separator, as for train."),
     test: Optional[Path] = typer.Option(None, help="A separate labelled test file, as for train (never used to tune)."),
@@ -500,7 +501,7 @@ def tune(
     try:
         tuned = run_tune(data, list(target) if target else None, trials=trials, timeout=timeout, storage=storage,
                          study=study, space=searched, out=out, config=config, test=str(test) if test else None,
-                         label_sep=label_sep, pruner=pruner, verbose=not quiet)
+                         label_sep=label_sep, pruner=pruner, confirm=confirm, verbose=not quiet)
     except KeyboardInterrupt as exc:
         raise Interrupted(str(exc) or "the study keeps every finished trial; run the same command to continue") from None
     if tuned.result is not None:

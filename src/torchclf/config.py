@@ -33,6 +33,8 @@ CALIBRATIONS = ("temperature", "isotonic")
 TASKS = ("auto", "binary", "multiclass", "multilabel")
 # `torchclf tune`'s pruners (docs/tune.md); the first is the default. Here, a leaf module, for the help.
 PRUNERS = ("quartile", "median", "halving", "none")
+# `torchclf tune --confirm`: folds of the cross-validation that confirms a trial beating the defaults.
+CONFIRM_FOLDS = 5
 NUMERIC_EMBEDDINGS = ("none", "periodic")
 SCALINGS = ("standard", "robust")
 SECTIONS = ("model", "train", "data")

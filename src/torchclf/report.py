@@ -384,6 +384,16 @@ def _data_section(manifest: dict) -> str:
     return "".join(parts)
 
 
+def _tuning_choice(choice: dict) -> list[list]:
+    """Rows saying how ``tune`` chose the saved trial (``choice`` of its summary)."""
+    rows = [["how it was chosen", str(choice["rule"])]] if choice.get("rule") else []
+    if choice.get("cross_validated"):
+        losses = ", ".join(f"trial {n} {float(v):.4f}" + (" (the defaults)" if int(n) == choice.get("defaults_trial")
+                                                           else "") for n, v in choice["cross_validated"].items())
+        rows.append([f"{choice.get('folds')}-fold cross-validated loss on {choice.get('rows')} rows", losses])
+    return rows
+
+
 def _with_tuning(folder: Path, nav: str, sections: str) -> tuple[str, str]:
     """Add a "Tuning" section when the run came from ``torchclf tune`` (its ``tune/`` folder is there)."""
     tune = folder / "tune"
@@ -399,6 +409,7 @@ def _with_tuning(folder: Path, nav: str, sections: str) -> tuple[str, str]:
             ["time in trials (s)", summary.get("trial_seconds")],
             ["best trial (this run's settings)", str(summary.get("best_trial", "-"))],
             ["its validation loss", summary.get("best_value")],
+            *_tuning_choice(summary.get("choice") or {}),
         ])]
         with open(tune / "trials.csv", newline="", encoding="utf-8") as fh:
             rows = [r for r in csv.DictReader(fh) if r["state"] == "complete" and r["value"]]

@@ -8,7 +8,9 @@ so far each epoch, reports it to the study at the pruner's epochs, and stops
 the run when the pruner says so. The objective is the validation log loss of
 the run's calibrated probabilities: the test rows are never looked at. A new
 study's first trial is the defaults; the best trial replaces them only when it
-beats them by more than the noise of the validation rows (:func:`choose_trial`).
+still beats them when cross-validated on the training and validation rows
+(:func:`confirm_trial`), or, without that, by more than the noise of the
+validation rows (:func:`choose_trial`).
 Trials are proposed by Optuna's TPE sampler, seeded from ``--seed`` and the
 trial's number, so that a study is reproducible, resumed studies propose what
 an uninterrupted one would, and workers sharing a study never propose the same
@@ -46,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from torchclf.callbacks import Callback
-from torchclf.config import PARAM, PARAMS, PRUNERS, RunConfig, batch_rows, read_toml, with_values
+from torchclf.config import CONFIRM_FOLDS, PARAM, PARAMS, PRUNERS, RunConfig, batch_rows, read_toml, with_values
 from torchclf.errors import TorchclfError
 from torchclf.spec import RunSpec
 
@@ -713,11 +715,121 @@ def choose_trial(study, within: float = KEEP_DEFAULTS_WITHIN) -> tuple[Any, dict
     ours, theirs = best.user_attrs.get("row_losses"), base.user_attrs.get("row_losses")
     if ours is None or theirs is None:
         return best, choice
-    diff = unpack_losses(ours) - unpack_losses(theirs)
-    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+    _, se = _paired(unpack_losses(ours), unpack_losses(theirs))
     choice.update(defaults_trial=base.number, defaults_value=base.value, difference=best.value - base.value,
                   standard_error=se)
     return (base if best.value - base.value > -within * se else best), choice
+
+
+#: The confirmation (``--confirm``, CONFIRM_FOLDS folds by default, in torchclf.config): when a trial other
+#: than the defaults has the lowest validation loss, the defaults and the best CONFIRM_FINALISTS other trials
+#: are trained again on k folds of the training and validation rows together (the test rows stay unseen), and
+#: each is scored on the rows it did not train on. Every row then has a loss under every finalist, eight
+#: times as many paired rows as the validation rows alone (with the default split), so the comparison's
+#: standard error is about a third as large; and each finalist is measured mostly on rows that did not choose
+#: it (the validation rows are an eighth of them). A finalist replaces the defaults when its cross-validated loss is
+#: lower by more than CONFIRM_WITHIN standard errors of the per-row difference: one, since the noise to beat
+#: is that of picking the better of two finalists, not the best of some 30 trials.
+CONFIRM_FINALISTS = 2
+CONFIRM_WITHIN = 1.0
+
+
+def _joined(first, second):
+    """The rows of two Datasets of the same table, one after the other."""
+    import numpy as np
+    import pandas as pd
+
+    weight = None if first.weight is None else np.concatenate([first.weight, second.weight])
+    return replace(first, features=pd.concat([first.features, second.features], ignore_index=True),
+                   target=pd.concat([first.target, second.target], ignore_index=True), weight=weight)
+
+
+def _paired(ours, theirs) -> tuple[float, float]:
+    """Mean and standard error of the per-row difference ``ours - theirs``."""
+    diff = ours - theirs
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+    return float(diff.mean()), se
+
+
+def fold_numbers(dataset, folds: int, seed: int):
+    """Each row's fold (0 .. folds - 1): a seeded shuffle dealt round-robin, by class for a single-label target,
+    so every fold holds each class in proportion. ndarray of shape (n_rows,)."""
+    import numpy as np
+
+    from torchclf.data.split import _class_codes
+
+    order = np.random.default_rng(seed).permutation(dataset.n_rows)
+    if not dataset.multilabel:
+        order = order[np.argsort(_class_codes(dataset)[order], kind="stable")]
+    numbers = np.empty(dataset.n_rows, dtype=np.int64)
+    numbers[order] = np.arange(dataset.n_rows) % folds
+    return numbers
+
+
+def cross_validated_losses(pool, rows: RunSpec, settings: dict, labels, folds: int):
+    """Each row of ``pool`` (a Dataset)'s log loss under a network with ``settings`` trained, as a trial is, on
+    the other folds (its validation rows cut from them): ndarray of shape (pool.n_rows,)."""
+    import numpy as np
+
+    from torchclf import accel, api
+
+    config = with_values(rows.config, {**settings, **TRIAL_SETTINGS})
+    numbers = fold_numbers(pool, folds, config.train.seed)
+    losses = np.empty(pool.n_rows)
+    for k in range(folds):
+        held = np.flatnonzero(numbers == k)
+        spec = RunSpec(pool.take(np.flatnonzero(numbers != k)), None, pool.take(held), rows.label_sep, config)
+        prepared = api.prepare(spec, labels=labels)
+        with accel.threads(config.train.threads):
+            result = api.fit(prepared, scores=False)
+        losses[held] = validation_losses(result.predictor, prepared.splits.test)
+    return losses
+
+
+def confirm_trial(study, space: SearchSpace, pool, rows: RunSpec, labels, folds: int = CONFIRM_FOLDS,
+                  finalists: int = CONFIRM_FINALISTS, within: float = CONFIRM_WITHIN, say=lambda line: None):
+    """The trial to save when the best by validation loss is not the defaults: the finalists cross-validated
+    on ``pool`` (the training and validation rows), see :data:`CONFIRM_FOLDS`.
+
+    Each finalist's out-of-fold losses are kept in the study (``cv_losses`` of the trial), so a resumed or
+    second worker does not train them again. Returns the trial and the ``choice`` record, as
+    :func:`choose_trial`, whose validation-row comparison this replaces; with no defaults trial, or when the
+    defaults have the lowest validation loss, that is :func:`choose_trial`'s answer.
+    """
+    import numpy as np
+
+    complete = sorted((t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"),
+                      key=lambda t: t.value)
+    base = next((t for t in complete if t.user_attrs.get("defaults")), None)
+    if base is None or complete[0].number == base.number or folds < 2:
+        return choose_trial(study)
+    others = [t for t in complete if t.number != base.number][:finalists]
+    say(f"confirming: {folds}-fold cross-validation of the defaults (trial {base.number}) and trial(s) "
+        + ", ".join(str(t.number) for t in others) + f" on the {pool.n_rows} training and validation rows")
+    cv = {}
+    for t in [base, *others]:
+        key = f"cv_losses_{folds}"
+        stored = study.user_attrs.get(f"{key}_{t.number}")
+        if stored is None:
+            losses = cross_validated_losses(pool, rows, space.settings(t.params), labels, folds)
+            if not np.isfinite(losses).all():
+                raise TorchclfError(f"confirming trial {t.number}: no finite cross-validated loss")
+            stored = pack_losses(losses)
+            study.set_user_attr(f"{key}_{t.number}", stored)
+        cv[t.number] = unpack_losses(stored)  # as stored (float32), so that every worker compares the same numbers
+    best = min(others, key=lambda t: cv[t.number].mean())
+    difference, se = _paired(cv[best.number], cv[base.number])
+    chosen = best if difference < -within * se else base
+    choice = {"rule": f"the finalist with the lowest {folds}-fold cross-validated loss, unless within {within:g} "
+                      "standard error(s) of the defaults'",
+              "best_trial": complete[0].number, "best_value": complete[0].value,
+              "defaults_trial": base.number, "defaults_value": base.value,
+              "cross_validated": {str(n): float(v.mean()) for n, v in cv.items()}, "folds": folds,
+              "rows": pool.n_rows, "finalist": best.number, "difference": difference, "standard_error": se}
+    say(f"cross-validated loss: trial {best.number} {cv[best.number].mean():.4f}, the defaults "
+        f"{cv[base.number].mean():.4f} (difference {difference:+.4f}, standard error {se:.4f}); "
+        + (f"saving trial {best.number}" if chosen is best else "keeping the defaults"))
+    return chosen, choice
 
 
 class _Surplus(Exception):
@@ -735,8 +847,9 @@ class TuneResult:
         The database URL (without a password).
     best_trial : int
         The number of the trial trained and saved: the one with the lowest
-        validation loss, or the defaults when it does not clearly beat them
-        (see :func:`choose_trial`).
+        validation loss, or a finalist confirmed by cross-validation, or the
+        defaults when neither clearly beats them (see :func:`confirm_trial`
+        and :func:`choose_trial`).
     value : float
         Its validation loss (the objective: the log loss of its calibrated
         probabilities on the validation rows).
@@ -754,7 +867,7 @@ class TuneResult:
         The best configuration trained again (None when another worker saved it).
     run_dir : Path
     choice : dict
-        How the trial was chosen (see :func:`choose_trial`).
+        How the trial was chosen (see :func:`confirm_trial` and :func:`choose_trial`).
     """
 
     study: Any
@@ -974,6 +1087,7 @@ def tune(
     test=None,
     label_sep: str | None = None,
     pruner=PRUNERS[0],
+    confirm: int = CONFIRM_FOLDS,
     verbose: bool = False,
     write: Callable[[str], None] | None = None,
 ) -> TuneResult:
@@ -1002,6 +1116,10 @@ def tune(
         Fixed settings of every trial (its values of searched parameters are
         not used); its seed seeds the split, the training and the sampler.
     pruner : {"quartile", "median", "halving", "none"} or an Optuna pruner
+    confirm : int
+        Folds of the confirmation (:func:`confirm_trial`) when a trial beats the
+        defaults on the validation rows; 0 compares them on those rows alone
+        (:func:`choose_trial`).
     verbose : bool
         One line per trial (on ``write``, default standard error).
 
@@ -1017,6 +1135,8 @@ def tune(
         raise TorchclfError(f"--trials: got {trials!r}, expected a whole number of trials >= 1")
     if timeout is not None and not (_number(timeout) and timeout > 0):
         raise TorchclfError(f"--timeout: got {timeout!r}, expected a number of seconds above 0")
+    if not isinstance(confirm, int) or isinstance(confirm, bool) or confirm < 0 or confirm == 1:
+        raise TorchclfError(f"--confirm: got {confirm!r}, expected 0 (no confirmation) or a number of folds >= 2")
     if space is None or isinstance(space, SearchSpace):
         space = space or DEFAULT_SPACE
     elif isinstance(space, dict):
@@ -1089,8 +1209,13 @@ def tune(
     if not counts["complete"]:
         raise TorchclfError(f"study {name!r}: no trial completed ({counts['pruned']} pruned, {counts['fail']} "
                             "failed); allow more --trials or a longer --timeout")
+    if confirm:
+        pool = _joined(probe.splits.train, probe.splits.validation)
+        best, choice = confirm_trial(the_study, space, pool, rows, probe.predictor.labels, confirm, say=say)
+        del pool
+    else:
+        best, choice = choose_trial(the_study)
     del probe
-    best, choice = choose_trial(the_study)
     settings = space.settings(best.params)
     best_config = with_values(config, settings)
     best_spec = spec.with_config(best_config)
@@ -1098,7 +1223,9 @@ def tune(
     tuned = TuneResult(the_study, shown_url(url), best.number, best.value, dict(best.params),
                        {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}, command, counts,
                        0.0, run_dir=out, choice=choice)
-    if best.number != choice["best_trial"]:
+    if "cross_validated" in choice:
+        say(f"training trial {best.number} again into {out}")
+    elif best.number != choice["best_trial"]:
         say(f"best: trial {choice['best_trial']}, validation loss {choice['best_value']:.4f}, only "
             f"{-choice['difference']:.4f} below the defaults' {best.value:.4f} (standard error "
             f"{choice['standard_error']:.4f}); keeping the defaults, trial {best.number}; training it again "
