@@ -727,9 +727,9 @@ def choose_trial(study, within: float = KEEP_DEFAULTS_WITHIN) -> tuple[Any, dict
 #: each is scored on the rows it did not train on. Every row then has a loss under every finalist, eight
 #: times as many paired rows as the validation rows alone (with the default split), so the comparison's
 #: standard error is about a third as large; and each finalist is measured mostly on rows that did not choose
-#: it (the validation rows are an eighth of them). A finalist replaces the defaults when its cross-validated loss is
-#: lower by more than CONFIRM_WITHIN standard errors of the per-row difference: one, since the noise to beat
-#: is that of picking the better of two finalists, not the best of some 30 trials.
+#: it (the validation rows are an eighth of them). A finalist replaces the defaults when its cross-validated
+#: loss is lower by more than CONFIRM_WITHIN standard errors of the per-row difference: one, since the noise
+#: to beat is that of picking the better of two finalists, not the best of some 30 trials.
 CONFIRM_FINALISTS = 2
 CONFIRM_WITHIN = 1.0
 
@@ -789,10 +789,10 @@ def cross_validated_losses(pool, rows: RunSpec, settings: dict, labels, folds: i
 def confirm_trial(study, space: SearchSpace, pool, rows: RunSpec, labels, folds: int = CONFIRM_FOLDS,
                   finalists: int = CONFIRM_FINALISTS, within: float = CONFIRM_WITHIN, say=lambda line: None):
     """The trial to save when the best by validation loss is not the defaults: the finalists cross-validated
-    on ``pool`` (the training and validation rows), see :data:`CONFIRM_FOLDS`.
+    on ``pool`` (the training and validation rows), see :data:`CONFIRM_FINALISTS`.
 
-    Each finalist's out-of-fold losses are kept in the study (``cv_losses`` of the trial), so a resumed or
-    second worker does not train them again. Returns the trial and the ``choice`` record, as
+    Each finalist's out-of-fold losses are kept among the study's user attributes (``cv_losses_K_N`` for K
+    folds and trial N), so a resumed or second worker does not train them again. Returns the trial and the ``choice`` record, as
     :func:`choose_trial`, whose validation-row comparison this replaces; with no defaults trial, or when the
     defaults have the lowest validation loss, that is :func:`choose_trial`'s answer.
     """
