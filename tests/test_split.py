@@ -98,3 +98,17 @@ def test_the_three_parts_are_those_of_two_splits_in_a_row(counts, seed, sizes):
     for part, reference in zip((got.train, got.validation, got.test), want):
         pd.testing.assert_frame_equal(part.features, reference.features)
         pd.testing.assert_series_equal(part.target, reference.target)
+
+
+def test_fold_numbers_deal_each_class_evenly_and_follow_the_seed():
+    target = pd.Series(["a"] * 10 + ["b"] * 7 + ["c"] * 3)
+    rows = Dataset(pd.DataFrame({"x": np.arange(20.0)}), target)
+    folds = split.fold_numbers(rows, 3, seed=4)
+    counts = pd.crosstab(target, folds)  # classes x folds
+    # Dealt round-robin over the rows sorted by class: a's 10 rows go to folds 0, 1, 2, 0, ..., b's continue.
+    assert counts.to_numpy().tolist() == [[4, 3, 3], [2, 3, 2], [1, 1, 1]]
+    assert np.array_equal(split.fold_numbers(rows, 3, seed=4), folds)
+    assert not np.array_equal(split.fold_numbers(rows, 3, seed=5), folds)
+    # Multilabel: no classes to deal by, a seeded shuffle in equal folds.
+    labels = Dataset(pd.DataFrame({"x": np.arange(10.0)}), pd.DataFrame({"p": [0, 1] * 5, "q": [1] * 10}))
+    assert sorted(np.bincount(split.fold_numbers(labels, 4, seed=0)).tolist()) == [2, 2, 3, 3]

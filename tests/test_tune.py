@@ -501,26 +501,6 @@ def test_the_best_trial_replaces_the_defaults_only_when_clearly_better():
 
 
 
-def test_fold_numbers_deal_each_class_evenly_and_follow_the_seed():
-    import numpy as np
-    import pandas as pd
-
-    from torchclf.data import Dataset
-    from torchclf.tune import fold_numbers
-
-    target = pd.Series(["a"] * 10 + ["b"] * 7 + ["c"] * 3)
-    rows = Dataset(pd.DataFrame({"x": np.arange(20.0)}), target)
-    folds = fold_numbers(rows, 3, seed=4)
-    counts = pd.crosstab(target, folds)  # classes x folds
-    # Dealt round-robin over the rows sorted by class: a's 10 rows go to folds 0, 1, 2, 0, ..., b's continue.
-    assert counts.to_numpy().tolist() == [[4, 3, 3], [2, 3, 2], [1, 1, 1]]
-    assert np.array_equal(fold_numbers(rows, 3, seed=4), folds)
-    assert not np.array_equal(fold_numbers(rows, 3, seed=5), folds)
-    # Multilabel: no classes to deal by, a seeded shuffle in equal folds.
-    labels = Dataset(pd.DataFrame({"x": np.arange(10.0)}), pd.DataFrame({"p": [0, 1] * 5, "q": [1] * 10}))
-    assert sorted(np.bincount(fold_numbers(labels, 4, seed=0)).tolist()) == [2, 2, 3, 3]
-
-
 # Three epochs: the defaults (lr 1e-3) are still learning, so a trial with a larger rate beats them.
 CONFIRMED = {"data": "moons:n_samples=300,noise=0.3", "trials": 5, "pruner": "none", "confirm": 3,
              "space": {"lr": {"low": 1e-4, "high": 0.1, "log": True}}}

@@ -751,27 +751,13 @@ def _paired(ours, theirs) -> tuple[float, float]:
     return float(diff.mean()), se
 
 
-def fold_numbers(dataset, folds: int, seed: int):
-    """Each row's fold (0 .. folds - 1): a seeded shuffle dealt round-robin, by class for a single-label target,
-    so every fold holds each class in proportion. ndarray of shape (n_rows,)."""
-    import numpy as np
-
-    from torchclf.data.split import _class_codes
-
-    order = np.random.default_rng(seed).permutation(dataset.n_rows)
-    if not dataset.multilabel:
-        order = order[np.argsort(_class_codes(dataset)[order], kind="stable")]
-    numbers = np.empty(dataset.n_rows, dtype=np.int64)
-    numbers[order] = np.arange(dataset.n_rows) % folds
-    return numbers
-
-
 def cross_validated_losses(pool, rows: RunSpec, settings: dict, labels, folds: int):
     """Each row of ``pool`` (a Dataset)'s log loss under a network with ``settings`` trained, as a trial is, on
     the other folds (its validation rows cut from them): ndarray of shape (pool.n_rows,)."""
     import numpy as np
 
     from torchclf import accel, api
+    from torchclf.data.split import fold_numbers
 
     config = with_values(rows.config, {**settings, **TRIAL_SETTINGS})
     numbers = fold_numbers(pool, folds, config.train.seed)

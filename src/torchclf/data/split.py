@@ -142,3 +142,14 @@ def split_dataset(
         rest, val_rows = rest[keep], rest[held]
     return Splits(train=ds.take(rest), validation=None if val_rows is None else ds.take(val_rows),
                   test=test if test_rows is None else ds.take(test_rows))
+
+
+def fold_numbers(ds: Dataset, folds: int, seed: int) -> np.ndarray:
+    """Each row's fold (0 .. folds - 1) for k-fold cross-validation: a seeded shuffle dealt round-robin, by
+    class for a single-label target, so every fold holds each class in proportion. Shape (n_rows,)."""
+    order = np.random.default_rng(seed).permutation(ds.n_rows)
+    if not ds.multilabel:
+        order = order[np.argsort(_class_codes(ds)[order], kind="stable")]
+    numbers = np.empty(ds.n_rows, dtype=np.int64)
+    numbers[order] = np.arange(ds.n_rows) % folds
+    return numbers
