@@ -778,9 +778,10 @@ def confirm_trial(study, space: SearchSpace, pool, rows: RunSpec, labels, folds:
     on ``pool`` (the training and validation rows), see :data:`CONFIRM_FINALISTS`.
 
     Each finalist's out-of-fold losses are kept among the study's user attributes (``cv_losses_K_N`` for K
-    folds and trial N), so a resumed or second worker does not train them again. Returns the trial and the ``choice`` record, as
-    :func:`choose_trial`, whose validation-row comparison this replaces; with no defaults trial, or when the
-    defaults have the lowest validation loss, that is :func:`choose_trial`'s answer.
+    folds and trial N), so a resumed tune, or a worker that ends after another has confirmed, does not train
+    them again. Returns the trial and the ``choice`` record, as :func:`choose_trial`, whose validation-row
+    comparison this replaces; with no defaults trial, or when the defaults have the lowest validation loss,
+    that is :func:`choose_trial`'s answer.
     """
     import numpy as np
 
