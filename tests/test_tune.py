@@ -555,6 +555,17 @@ def test_a_trial_that_beats_the_defaults_is_confirmed_by_cross_validation(tmp_pa
     plain = torchclf.tune(**{**CONFIRMED, "confirm": 0}, config=config, out=tmp_path / "plain",
                           storage=f"{tmp_path / 'c'}.optuna.db", study="c")
     assert "cross_validated" not in plain.choice and plain.choice["best_trial"] == complete[0].number
+    # A confirmation that cannot train (here: 4 folds, none stored) falls back to that rule, and says so.
+    def cannot(*args, **kwargs):
+        raise tuning.TorchclfError("too few rows in a fold")
+
+    monkeypatch.setattr(tuning, "cross_validated_losses", cannot)
+    lines.clear()
+    fallback = torchclf.tune(**{**CONFIRMED, "confirm": 4}, config=config, out=tmp_path / "fallback",
+                             storage=f"{tmp_path / 'c'}.optuna.db", study="c", verbose=True, write=lines.append)
+    assert fallback.best_trial == plain.best_trial
+    assert fallback.choice == {**plain.choice, "confirmation": "failed on trial 0: too few rows in a fold"}
+    assert "confirming trial 0 failed (too few rows in a fold); choosing on the validation rows instead" in lines
 
 
 def test_the_confirmed_finalist_replaces_the_defaults_only_when_clearly_better():

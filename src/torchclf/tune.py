@@ -798,9 +798,15 @@ def confirm_trial(study, space: SearchSpace, pool, rows: RunSpec, labels, folds:
         key = f"cv_losses_{folds}"
         stored = study.user_attrs.get(f"{key}_{t.number}")
         if stored is None:
-            losses = cross_validated_losses(pool, rows, space.settings(t.params), labels, folds)
-            if not np.isfinite(losses).all():
-                raise TorchclfError(f"confirming trial {t.number}: no finite cross-validated loss")
+            try:
+                losses = cross_validated_losses(pool, rows, space.settings(t.params), labels, folds)
+                if not np.isfinite(losses).all():
+                    raise TorchclfError("no finite cross-validated loss")
+            except TorchclfError as exc:
+                # The study's trials are all there: choose on the validation rows rather than end with nothing.
+                say(f"confirming trial {t.number} failed ({exc}); choosing on the validation rows instead")
+                trial, choice = choose_trial(study)
+                return trial, {**choice, "confirmation": f"failed on trial {t.number}: {exc}"}
             stored = pack_losses(losses)
             study.set_user_attr(f"{key}_{t.number}", stored)
         cv[t.number] = unpack_losses(stored)  # as stored (float32), so that every worker compares the same numbers
