@@ -274,7 +274,7 @@ def test_two_processes_share_one_study(tmp_path, monkeypatch, no_tune_pictures):
     out = tmp_path / "shared"
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     # Trials of about 0.3 s each: long enough for this process to join before the other has run them all.
-    # No confirmation: the workers' shared choice is the subject here (confirm_trial is tested above).
+    # No confirmation: the workers' shared choice is the subject here (confirm_trial has its own tests below).
     args = ("--trials", "6", "--epochs", "40", "--pruner", "none", "--confirm", "0", "--storage", url, "--study", "s",
             "--out", str(out))
     monkeypatch.setenv("TORCHCLF_TUNE_HEARTBEAT", "1")
