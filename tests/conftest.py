@@ -8,12 +8,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import signal
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+# A shell starts a background job (`pytest ... &`, nohup, some CI runners) with Ctrl-C ignored, and an ignored
+# signal stays ignored across fork and exec: the tests that interrupt torchclf (in this process or a child) would
+# then wait for nothing. Give this process, and through it the children, Python's usual Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items):

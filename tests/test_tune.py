@@ -610,6 +610,65 @@ def test_the_confirmed_finalist_replaces_the_defaults_only_when_clearly_better()
     study = study_with([0.4, 0.5], [defaults, defaults - 0.125])
     assert confirm_trial(study, DEFAULT_SPACE, pool, None, None, folds=4) == choose_trial(study)
 
+def test_workers_share_the_confirmation_and_take_over_a_dead_workers_claim(monkeypatch):
+    """Three finalists: the defaults' losses stored, trial 1 claimed by a live worker (which stores its losses
+    a moment later), trial 2 claimed by a worker that stopped refreshing its claim. This worker trains only
+    trial 2, keeps its claim fresh while it does, and uses the other worker's losses for trial 1."""
+    import threading
+    import types
+
+    import numpy as np
+    from optuna.distributions import FloatDistribution
+
+    import torchclf.tune
+    from torchclf.tune import DEFAULT_SPACE, confirm_trial, pack_losses
+
+    study = optuna.create_study()
+    for number, value in enumerate([0.6, 0.4, 0.5]):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 0.001 * (number + 1)}, distributions={"lr": FloatDistribution(1e-4, 1.0)}, value=value,
+            user_attrs={"defaults": True} if number == 0 else {}))
+    defaults = np.array([0.5, 0.25, 0.75, 1.0])
+    study.set_user_attr("cv_losses_4_0", pack_losses(defaults))
+    study.set_user_attr("cv_claim_4_1", {"worker": "alive", "at": time.time()})
+    study.set_user_attr("cv_claim_4_2", {"worker": "dead", "at": time.time() - 60})
+    trained, beats = [], []
+
+    def cross_validated(pool, rows, settings, labels, folds):
+        trained.append(settings["lr"])
+        start = time.time()
+        time.sleep(0.6)  # three heartbeats of 0.2 s
+        beats.append(study.user_attrs["cv_claim_4_2"]["at"] - start)
+        return defaults - 0.125
+
+    monkeypatch.setattr(torchclf.tune, "cross_validated_losses", cross_validated)
+    other = threading.Timer(0.3, lambda: study.set_user_attr("cv_losses_4_1", pack_losses(defaults + 0.25)))
+    other.start()
+    lines = []
+    trial, choice = confirm_trial(study, DEFAULT_SPACE, types.SimpleNamespace(n_rows=4), None, None, folds=4,
+                                  say=lines.append, heartbeat=0.2)
+    other.join()
+    assert trained == [0.003]  # trial 2 only
+    assert beats[0] > 0.1  # its claim was refreshed while it trained
+    assert study.user_attrs["cv_claim_4_2"]["worker"] not in ("dead", "alive")
+    assert "trial 1: another worker is cross-validating it; waiting for its losses" in lines
+    assert trial.number == 2 and choice["cross_validated"] == {"0": 0.625, "1": 0.875, "2": 0.5}
+
+    # A failure that is not torchclf's own is named by its type; the choice falls back to the validation
+    # rows, and the claim is freed for another worker.
+    def broken(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(torchclf.tune, "cross_validated_losses", broken)
+    study.set_user_attr("cv_losses_4_2", None)
+    lines.clear()
+    trial, choice = confirm_trial(study, DEFAULT_SPACE, types.SimpleNamespace(n_rows=4), None, None, folds=4,
+                                  say=lines.append, heartbeat=0.2)
+    assert choice["confirmation"] == "failed on trial 2: RuntimeError: out of memory"
+    assert "confirming trial 2 failed (RuntimeError: out of memory); choosing on the validation rows instead" in lines
+    assert study.user_attrs["cv_claim_4_2"]["at"] == 0.0
+
+
 def test_a_trial_reuses_the_split_and_preprocessing_and_seeds_its_network_as_ever():
     import torch
 

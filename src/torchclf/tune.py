@@ -772,17 +772,56 @@ def cross_validated_losses(pool, rows: RunSpec, settings: dict, labels, folds: i
     return losses
 
 
+def _claim(study, key: str, me: str, stale: float) -> bool:
+    """Whether this worker (``me``) now holds ``key``, a finalist's cross-validation: it does when nobody
+    else's claim was refreshed within ``stale`` seconds, and its own claim, read back, is still its own (of
+    two workers claiming at once, the later write wins and the other yields)."""
+    claim = study.user_attrs.get(key)
+    if claim and claim.get("worker") != me and time.time() - claim.get("at", 0.0) < stale:
+        return False
+    study.set_user_attr(key, {"worker": me, "at": time.time()})
+    return study.user_attrs[key].get("worker") == me
+
+
+@contextlib.contextmanager
+def _holding(study, key: str, me: str, every: float):
+    """Refresh this worker's claim on ``key`` every ``every`` seconds while the block runs (a thread, as
+    Optuna's trial heartbeats), so that the other workers wait for it rather than take it over."""
+    import threading
+
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(every):
+            with contextlib.suppress(Exception):  # a missed beat: the claim may go stale, the work is not lost
+                study.set_user_attr(key, {"worker": me, "at": time.time()})
+
+    beating = threading.Thread(target=beat, name=f"torchclf-{key}", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        done.set()
+        beating.join()
+
+
 def confirm_trial(study, space: SearchSpace, pool, rows: RunSpec, labels, folds: int = CONFIRM_FOLDS,
-                  finalists: int = CONFIRM_FINALISTS, within: float = CONFIRM_WITHIN, say=lambda line: None):
+                  finalists: int = CONFIRM_FINALISTS, within: float = CONFIRM_WITHIN, say=lambda line: None,
+                  heartbeat: float = HEARTBEAT_SECONDS):
     """The trial to save when the best by validation loss is not the defaults: the finalists cross-validated
     on ``pool`` (the training and validation rows), see :data:`CONFIRM_FINALISTS`.
 
     Each finalist's out-of-fold losses are kept among the study's user attributes (``cv_losses_K_N`` for K
     folds and trial N), so a resumed tune, or a worker that ends after another has confirmed, does not train
-    them again. Returns the trial and the ``choice`` record, as :func:`choose_trial`, whose validation-row
+    them again. Workers that end together share the finalists: a worker claims one (``cv_claim_K_N``, its
+    claim refreshed every ``heartbeat`` seconds) before training it, leaves those that another worker claimed
+    to it, waits for their losses, and takes over a claim left unrefreshed for GRACE_BEATS heartbeats (its
+    worker died). Returns the trial and the ``choice`` record, as :func:`choose_trial`, whose validation-row
     comparison this replaces; with no defaults trial, or when the defaults have the lowest validation loss,
     that is :func:`choose_trial`'s answer.
     """
+    import uuid
+
     import numpy as np
 
     complete = sorted((t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"),
@@ -793,23 +832,40 @@ def confirm_trial(study, space: SearchSpace, pool, rows: RunSpec, labels, folds:
     others = [t for t in complete if t.number != base.number][:finalists]
     say(f"confirming: {folds}-fold cross-validation of the defaults (trial {base.number}) and trial(s) "
         + ", ".join(str(t.number) for t in others) + f" on the {pool.n_rows} training and validation rows")
-    cv = {}
-    for t in [base, *others]:
-        key = f"cv_losses_{folds}"
-        stored = study.user_attrs.get(f"{key}_{t.number}")
-        if stored is None:
-            try:
-                losses = cross_validated_losses(pool, rows, space.settings(t.params), labels, folds)
-                if not np.isfinite(losses).all():
-                    raise TorchclfError("no finite cross-validated loss")
-            except TorchclfError as exc:
-                # The study's trials are all there: choose on the validation rows rather than end with nothing.
-                say(f"confirming trial {t.number} failed ({exc}); choosing on the validation rows instead")
-                trial, choice = choose_trial(study)
-                return trial, {**choice, "confirmation": f"failed on trial {t.number}: {exc}"}
-            stored = pack_losses(losses)
-            study.set_user_attr(f"{key}_{t.number}", stored)
-        cv[t.number] = unpack_losses(stored)  # as stored (float32), so that every worker compares the same numbers
+    me, stale = uuid.uuid4().hex, heartbeat * GRACE_BEATS
+    cv, waiting, told = {}, [base, *others], set()
+    while waiting:
+        for t in list(waiting):
+            key = f"cv_losses_{folds}_{t.number}"
+            stored = study.user_attrs.get(key)
+            if stored is None:
+                claim = f"cv_claim_{folds}_{t.number}"
+                if not _claim(study, claim, me, stale):
+                    if t.number not in told:
+                        say(f"trial {t.number}: another worker is cross-validating it; waiting for its losses")
+                        told.add(t.number)
+                    continue
+                try:
+                    with _holding(study, claim, me, heartbeat):
+                        losses = cross_validated_losses(pool, rows, space.settings(t.params), labels, folds)
+                    if not np.isfinite(losses).all():
+                        raise TorchclfError("no finite cross-validated loss")
+                except Exception as exc:  # noqa: BLE001  the trials are all there: choose on the validation rows
+                    # rather than end a long search with nothing (an error of torchclf's own is one line, any
+                    # other is named by its type).
+                    why = str(exc) if isinstance(exc, TorchclfError) else f"{type(exc).__name__}: {exc}"
+                    with contextlib.suppress(Exception):  # free it for a worker that may fare better
+                        study.set_user_attr(claim, {"worker": me, "at": 0.0})
+                    say(f"confirming trial {t.number} failed ({why}); choosing on the validation rows instead")
+                    trial, choice = choose_trial(study)
+                    return trial, {**choice, "confirmation": f"failed on trial {t.number}: {why}"}
+                stored = pack_losses(losses)
+                study.set_user_attr(key, stored)
+            cv[t.number] = unpack_losses(stored)  # as stored (float32), so that every worker compares the same
+            waiting.remove(t)
+        if waiting:
+            time.sleep(min(1.0, heartbeat / 2))
+    cv = {t.number: cv[t.number] for t in [base, *others]}
     best = min(others, key=lambda t: cv[t.number].mean())
     difference, se = _paired(cv[best.number], cv[base.number])
     chosen = best if difference < -within * se else base
@@ -1204,7 +1260,8 @@ def tune(
                             "failed); allow more --trials or a longer --timeout")
     if confirm:
         pool = _joined(probe.splits.train, probe.splits.validation)
-        best, choice = confirm_trial(the_study, space, pool, rows, probe.predictor.labels, confirm, say=say)
+        best, choice = confirm_trial(the_study, space, pool, rows, probe.predictor.labels, confirm, say=say,
+                                     heartbeat=heartbeat)
         del pool
     else:
         best, choice = choose_trial(the_study)
