@@ -86,7 +86,38 @@ def test_unreadable_file(tmp_path):
 def test_unsupported_extension(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text("a,b\n1,2\n")
-    _fails(tmp_path, path, "unsupported file type '.txt'; use a .csv or .parquet file", "--target", "b")
+    _fails(tmp_path, path, "unsupported file type '.txt'; use a .csv, .csv.gz, .csv.bz2, .csv.xz, .csv.zip, "
+                           ".parquet or .pq file", "--target", "b")
+
+
+def _damaged(tmp_path, name: str) -> object:
+    """A compressed CSV file named ``name``, damaged as its name says."""
+    import gzip
+    import zipfile
+
+    path = tmp_path / name
+    text = _frame().to_csv(index=False).encode()
+    if name == "cut.csv.gz":
+        path.write_bytes(gzip.compress(text)[:200])
+    elif name == "two.csv.zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("a.csv", text)
+            archive.writestr("b.csv", text)
+    else:
+        path.write_bytes(b"not compressed at all\n" * 10)
+    return path
+
+
+@pytest.mark.parametrize("name, message", [
+    ("cut.csv.gz", "cut.csv.gz: cannot be read as gzip: Compressed file ended before the end-of-stream marker was "
+                   "reached"),
+    ("text.csv.bz2", "text.csv.bz2: cannot be read as bz2: Invalid data stream"),
+    ("text.csv.xz", "text.csv.xz: cannot be read as xz: Input format not supported by decoder"),
+    ("text.csv.zip", "text.csv.zip: cannot be read as zip: File is not a zip file"),
+    ("two.csv.zip", "two.csv.zip: a zip archive of 2 files; torchclf reads an archive that holds one CSV file"),
+])
+def test_a_damaged_compressed_file(tmp_path, name, message):
+    _fails(tmp_path, _damaged(tmp_path, name), message, "--target", "label")
 
 
 def test_empty_file(tmp_path):

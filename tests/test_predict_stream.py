@@ -119,6 +119,46 @@ def test_chunked_file_to_file_equals_the_whole_table_predicted_at_once(made, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == [out]
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zip"])
+def test_compressed_csv_in_and_out_holds_the_plain_files_bytes(made, tmp_path, small_chunks, suffix):
+    """A compressed CSV input gives the predictions of the plain file, and a compressed output decompresses to
+    the plain output's bytes (the same bytes twice for gzip: no time or name in its header); zip is read, not
+    written."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    plain = (made / "new.csv").read_bytes()
+    source = tmp_path / f"new.csv{suffix}"
+    if suffix == ".zip":
+        with zipfile.ZipFile(source, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("new.csv", plain)
+    else:
+        source.write_bytes({".gz": gzip, ".bz2": bz2, ".xz": lzma}[suffix].compress(plain))
+    assert run_cli("predict", str(made / "tags"), str(made / "new.csv"), "--out", str(tmp_path / "want.csv"),
+                   "--keep", "id")[0] == 0
+    want = (tmp_path / "want.csv").read_bytes()
+    out = tmp_path / f"p.csv{suffix}"
+    code, _, err = run_cli("predict", str(made / "tags"), str(source), "--out", str(out), "--keep", "id")
+    if suffix == ".zip":
+        assert (code, err.strip()) == (2, f"error: --out {out}: torchclf does not write zip archives; write a "
+                                          ".csv.gz, .csv.bz2, .csv.xz, .csv or .parquet file")
+        assert not out.exists()
+        assert run_cli("predict", str(made / "tags"), str(source), "--out", str(out.with_suffix("")),
+                       "--keep", "id")[0] == 0
+        assert out.with_suffix("").read_bytes() == want
+        return
+    assert code == 0, err
+    opened = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+    with opened(out) as fh:
+        assert fh.read() == want
+    if suffix == ".gz":
+        first = out.read_bytes()
+        assert run_cli("predict", str(made / "tags"), str(source), "--out", str(out), "--keep", "id")[0] == 0
+        assert out.read_bytes() == first
+
+
 def test_csv_text_is_what_pandas_wrote_for_the_labels_and_reads_back_exactly(made, tmp_path, small_chunks):
     code, _, err = run_cli("predict", str(made / "flag"), str(made / "new.csv"), "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
@@ -296,7 +336,7 @@ def test_a_header_without_rows_is_an_error_and_writes_nothing(made, tmp_path):
 
 
 # ----- never a half-written file --------------------------------------------------------------------------
-@pytest.mark.parametrize("out", ["p.csv", "p.parquet"])
+@pytest.mark.parametrize("out", ["p.csv", "p.parquet", "p.csv.gz"])
 @pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
 def test_a_failure_in_the_second_chunk_leaves_the_target_untouched(made, tmp_path, small_chunks, monkeypatch,
                                                                    out, failure):

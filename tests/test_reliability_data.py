@@ -348,6 +348,30 @@ def test_semicolon_files_with_decimal_commas_read_as_the_same_numbers(tmp_path):
                                   check_exact=True)
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zip"])
+def test_compressed_csv_files_read_as_the_plain_file_and_name_the_run_as_it(tmp_path, suffix):
+    """Delimiter and decimal mark guessed through the decompressor (a spreadsheet's export here); the run is
+    named after the table, not its compression."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    from torchclf.data import read_table
+    from torchclf.spec import RunSpec
+
+    _frame().to_csv(tmp_path / "excel.csv", sep=";", decimal=",", index=False)
+    text = (tmp_path / "excel.csv").read_bytes()
+    path = tmp_path / f"excel.csv{suffix}"
+    if suffix == ".zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("excel.csv", text)
+    else:
+        path.write_bytes({".gz": gzip, ".bz2": bz2, ".xz": lzma}[suffix].compress(text))
+    pd.testing.assert_frame_equal(read_table(path), read_table(tmp_path / "excel.csv"), check_exact=True)
+    assert RunSpec(str(path)).name == "excel"
+
+
 def test_an_unrecognised_separator_says_what_was_seen(tmp_path, quick):
     _frame().to_csv(tmp_path / "rows.csv", sep=" ", index=False)
     err = _fails(tmp_path, tmp_path / "rows.csv", "--target", "label")

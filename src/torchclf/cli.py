@@ -136,7 +136,7 @@ def print_metrics(metrics: dict, kind: str, title: str = "Metrics") -> None:
 @app.command()
 @table_options
 def train(
-    data: Optional[str] = typer.Argument(None, help="A .csv/.parquet file or a built-in dataset (see `torchclf datasets`); spec options like moons:noise=0.07. (default: circles)"),
+    data: Optional[str] = typer.Argument(None, help="A CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset (see `torchclf datasets`); spec options like moons:noise=0.07. (default: circles)"),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column; repeat for several 0/1 columns (multilabel)."),
     task: str = typer.Option("auto", help=", ".join(TASKS) + "."),
     label_sep: Optional[str] = typer.Option(None, help="The target column holds labels joined by this separator (multilabel)."),
@@ -189,7 +189,7 @@ def _interruptible(work):
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
-    data: str = typer.Argument(..., help="Labelled rows: a .csv/.parquet file or a built-in dataset."),
+    data: str = typer.Argument(..., help="Labelled rows: a CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column(s) (default: the run's)."),
     json_out: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
 ) -> None:
@@ -210,9 +210,10 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
-    data: str = typer.Argument(..., help="Rows to predict: a .csv/.parquet file or a built-in dataset."),
-    out: Optional[Path] = typer.Option(None, help="File to write: Parquet for .parquet/.pq, else CSV; or - for "
-                                       "CSV on standard output (the default)."),
+    data: str = typer.Argument(..., help="Rows to predict: a CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset."),
+    out: Optional[Path] = typer.Option(None, help="File to write: Parquet for .parquet/.pq, compressed CSV for "
+                                       ".csv.gz/.csv.bz2/.csv.xz, else CSV; or - for CSV on standard output (the "
+                                       "default)."),
     threshold: Optional[float] = typer.Option(None, help="Decision threshold in (0, 1) for binary and multilabel "
                                               "models, instead of the one saved with the run (default 0.5)."),
     keep: Optional[List[str]] = typer.Option(None, "--keep", metavar="COL", help="Input column to copy into the "
@@ -322,7 +323,7 @@ def variant_config(name: str, words: list[str], shared: dict):
 
 @app.command()
 def compare(
-    data: str = typer.Argument("circles", help="A .csv/.parquet file or a built-in dataset, as for train."),
+    data: str = typer.Argument("circles", help="A CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset, as for train."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="NAME:FLAGS with train's model/training flags, e.g. \"deeper:--hidden 64,64,64 --epochs 200\"; repeat. Default: the tutorial's study circle-v0 -> circle-v1 -> circle-v2 -> default."),
     variants_file: Optional[Path] = typer.Option(None, "--file", help="A TOML file with a [variants] table of name = \"flags\" lines (after any --variant)."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column(s), as for train."),
@@ -467,7 +468,7 @@ def explain(
 @app.command()
 @table_options
 def tune(
-    data: str = typer.Argument(..., help="A .csv/.parquet file or a built-in dataset, as for train."),
+    data: str = typer.Argument(..., help="A CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset, as for train."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column(s), as for train."),
     trials: int = typer.Option(30, "--trials", min=1, help="Finish when the study holds this many complete or pruned trials, other processes' included."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Start no new trial after this many seconds."),
@@ -538,7 +539,7 @@ def export(
     run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
     format: str = typer.Option("onnx", "--format", help="File format: onnx (one graph from raw columns to labels and probabilities)."),
     out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: the run folder's name + .onnx, here)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Rows to check the file on: a .csv/.parquet file or built-in dataset (default: the run's own test split)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Rows to check the file on: a CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or built-in dataset (default: the run's own test split)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime's results with torchclf's on the check rows (needs onnxruntime)."),
 ) -> None:
     """Export a run for serving without torchclf: raw feature columns in, labels and probabilities out."""

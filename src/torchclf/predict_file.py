@@ -31,7 +31,6 @@ from torchclf.errors import TorchclfError, closest
 # big. Reading a chunk of CSV takes about 3x its values' bytes in pandas' parser; twice this size measured
 # 45 MB more peak memory on 1M rows x 32 columns (+137 MB against +93 MB), for about 5% less time.
 CHUNK_VALUES = 1 << 20
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -131,32 +130,22 @@ class _CsvSource(_Source):
     type in every chunk.
     """
 
-    def __init__(self, path: Path, features: set[str], text_columns: set[str]):
-        from torchclf.data.sources import SNIFF_CHARS, sniff_decimal, sniff_delimiter
+    def __init__(self, path: Path, compression: str | None, features: set[str], text_columns: set[str]):
+        from torchclf.data.sources import csv_layout
 
-        self.path, self.features, self.text_columns = path, features, text_columns
-        with _read_errors(path, "csv"), open(path, newline="", encoding="utf-8") as fh:
-            sample = fh.read(SNIFF_CHARS)
-            self.sep = sniff_delimiter(sample)
-            self.decimal = sniff_decimal(sample, self.sep)
-            fh.seek(0)
-            header = next(csv.reader(fh, delimiter=self.sep), None)
-        if not header:
-            raise TorchclfError(f"{path}: the file is empty; expected a header row and data rows")
-        seen: set[str] = set()
-        dupes = sorted({h for h in header if h in seen or seen.add(h)})
-        if dupes:
-            raise TorchclfError(f"{path}: duplicate column names {dupes}; rename them so each is unique")
-        self.columns = header
+        self.path, self.compression, self.features, self.text_columns = path, compression, features, text_columns
+        self.kind = compression or "csv"
+        with _read_errors(path, self.kind):
+            self.sep, self.decimal, self.columns = csv_layout(path, compression)
 
     def chunks(self, rows, keep):
         text = {c: str for c in self.columns if c in self.text_columns or (c in keep and c not in self.features)}
-        with _read_errors(self.path, "csv"):
+        with _read_errors(self.path, self.kind):
             reader = pd.read_csv(self.path, encoding="utf-8", low_memory=False, sep=self.sep, decimal=self.decimal,
-                                 dtype=text or None, chunksize=rows)
+                                 dtype=text or None, chunksize=rows, compression=self.compression)
         with reader:
             while True:
-                with _read_errors(self.path, "csv"):
+                with _read_errors(self.path, self.kind):
                     part = next(reader, None)
                 if part is None:
                     return
@@ -231,29 +220,28 @@ class _read_errors:
         return self
 
     def __exit__(self, kind, exc, tb):
+        from torchclf.data.sources import read_error
+
         if exc is None or isinstance(exc, TorchclfError) or not isinstance(exc, Exception):
             return False
-        if isinstance(exc, UnicodeDecodeError):
-            raise TorchclfError(f"{self.path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
-        if isinstance(exc, pd.errors.EmptyDataError):
-            raise TorchclfError(f"{self.path}: the file is empty; expected a header row and data rows") from None
-        if isinstance(exc, (pd.errors.ParserError, OSError, ValueError)):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TorchclfError(f"{self.path}: cannot be read as {self.kind}: {first}") from None
-        return False
+        error = read_error(self.path, self.kind, exc)
+        if error is None:
+            return False
+        raise error from None
 
 
 def open_source(spec: str, features: set[str] = frozenset(), text_columns: set[str] = frozenset()) -> _Source:
     """The rows of a ``.csv``/``.parquet`` file or a built-in dataset, to be read in chunks (``features``: the
     columns the model reads, ``text_columns``: its categorical ones; see :class:`_CsvSource`)."""
-    from torchclf.data.sources import TABLE_SUFFIXES, names_builtin, read_rows
+    from torchclf.data.sources import names_builtin, read_rows, table_format
 
     if names_builtin(spec):
         return _FrameSource(read_rows(spec))
     path = Path(spec)
-    suffix = path.suffix.lower()
-    if path.is_file() and suffix in TABLE_SUFFIXES:
-        return _ParquetSource(path) if suffix in PARQUET_SUFFIXES else _CsvSource(path, features, text_columns)
+    kind = table_format(path)
+    if path.is_file() and kind is not None:
+        what, compression = kind
+        return _ParquetSource(path) if what == "parquet" else _CsvSource(path, compression, features, text_columns)
     return _FrameSource(read_rows(spec))  # raises read_table's error for what cannot be read
 
 
@@ -342,6 +330,45 @@ class _CsvSink:
         """Stop after a failure (what was written stays where it went: a temporary file is removed by its owner)."""
 
 
+def output_format(out: str | Path) -> tuple[str, str | None]:
+    """What ``torchclf predict --out OUT`` writes: ``("parquet", None)`` for ``.parquet``/``.pq``, CSV
+    compressed as a ``.csv.gz``, ``.csv.bz2`` or ``.csv.xz`` name says, else plain CSV (``("csv", None)``)."""
+    from torchclf.data.sources import table_format
+
+    what, compression = table_format(out) or ("csv", None)
+    if compression == "zip":
+        raise TorchclfError(f"--out {out}: torchclf does not write zip archives; write a .csv.gz, .csv.bz2, "
+                            ".csv.xz, .csv or .parquet file")
+    return what, compression
+
+
+@contextlib.contextmanager
+def compressed(stream, compression: str | None):
+    """``stream`` (binary), or a compressor writing into it that is finished (its trailer written) when the
+    block ends without an error."""
+    if compression is None:
+        yield stream
+        return
+    import bz2
+    import gzip
+    import lzma
+
+    if compression == "gzip":
+        # No file name or time in the header: the same predictions give the same bytes.
+        writer = gzip.GzipFile(fileobj=stream, mode="wb", filename="", mtime=0)
+    else:
+        writer = (bz2.BZ2File if compression == "bz2" else lzma.LZMAFile)(stream, mode="wb")
+    try:
+        yield writer
+    except BaseException:
+        # Closed now, while ``stream`` is open: left to the collector, it would write its trailer into a
+        # stream closed by then. The file is the owner's to remove.
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
+    writer.close()  # closes the compressor only: ``stream`` stays open for its owner
+
+
 class _ParquetSink:
     """One Parquet file, a row group per chunk, its schema taken from the first chunk."""
 
@@ -422,12 +449,14 @@ class PredictionWriter:
             stdout.flush()  # what was printed before goes first: the rows go to the binary stream below it
             self._stream(_CsvSink(getattr(stdout, "buffer", stdout)), text_labels=True)
             return self.rows
-        parquet = Path(out).suffix.lower() in PARQUET_SUFFIXES
+        what, compression = output_format(out)
+        parquet = what == "parquet"
         # A file is replaced in one step, never left half-written; a pipe or a device such as /dev/null is
         # written directly.
         with artifact.atomic_file(out) as fh:
             fh.flush()
-            self._stream(_ParquetSink(fh.buffer) if parquet else _CsvSink(fh.buffer), text_labels=not parquet)
+            with compressed(fh.buffer, compression) as stream:
+                self._stream(_ParquetSink(stream) if parquet else _CsvSink(stream), text_labels=not parquet)
         return self.rows
 
     def _stream(self, sink, text_labels: bool) -> None:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from torchclf.config import RunConfig
 from torchclf.data import Dataset
+from torchclf.data.sources import CSV_COMPRESSIONS
 from torchclf.errors import TorchclfError
 
 IN_MEMORY = "memory"
@@ -79,7 +80,7 @@ class RunSpec:
     Attributes
     ----------
     data : str, Path, DataFrame, ndarray or Dataset
-        A ``.csv``/``.parquet`` path, a built-in dataset spec
+        A CSV (``.csv``, ``.csv.gz``, ...) or Parquet path, a built-in dataset spec
         (``"moons:noise=0.07"``), a DataFrame (``target`` names the label
         column(s)), an array ``X`` (``target`` holds the labels) or a Dataset.
     target : str, list of str or array-like, optional
@@ -103,8 +104,10 @@ class RunSpec:
     def name(self) -> str:
         """A short name for folders and titles: the file's stem or the dataset's name."""
         if isinstance(self.data, (str, Path)):
-            return "".join(ch if ch.isalnum() or ch in "-_" else "-"
-                           for ch in Path(str(self.data).split(":")[0]).stem) or "run"
+            path = Path(str(self.data).split(":")[0])
+            if path.suffix.lower() in CSV_COMPRESSIONS:  # rows.csv.gz is "rows", as rows.csv
+                path = path.with_suffix("")
+            return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in path.stem) or "run"
         return getattr(self.data, "name", None) if isinstance(self.data, Dataset) else type(self.data).__name__
 
     def targets(self) -> list[str] | None:

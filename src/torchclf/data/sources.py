@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +16,11 @@ from torchclf.data.builtin import is_builtin, load_builtin
 from torchclf.data.dataset import Dataset
 from torchclf.errors import TorchclfError, closest
 
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+#: A CSV file compressed as its last suffix says (``table.csv.gz``): read with the standard library's
+#: decompressors (pandas' for the rows), and, but for zip archives, written so by ``torchclf predict``.
+CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
+FORMATS = ".csv, .csv.gz, .csv.bz2, .csv.xz, .csv.zip, .parquet or .pq"
 OTHER_DELIMITERS = (";", "\t", "|")  # tried, in this order, when a CSV header has no comma
 SNIFF_CHARS = 64 * 1024  # the start of a CSV file that decides its delimiter
 
@@ -24,7 +30,8 @@ class DataWarning(UserWarning):
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a ``.csv`` or ``.parquet`` file into a DataFrame, with one-line errors."""
+    """Read a CSV file (``.csv``, or compressed: ``.csv.gz``, ``.csv.bz2``, ``.csv.xz``, ``.csv.zip``) or a
+    Parquet file (``.parquet``, ``.pq``) into a DataFrame, with one-line errors."""
     path = Path(path)
     if not path.exists():
         raise TorchclfError(f"{path}: no such file (check the path)")
@@ -33,33 +40,42 @@ def read_table(path: str | Path) -> pd.DataFrame:
         return shards.read_rank_part(path)
     if path.is_dir():
         raise TorchclfError(f"{path}: is a folder, expected a .csv or .parquet file")
-    suffix = path.suffix.lower()
-    if suffix not in TABLE_SUFFIXES:
-        raise TorchclfError(
-            f"{path}: unsupported file type {suffix or '(none)'!r}; use a .csv or .parquet file"
-        )
+    kind = table_format(path)
+    if kind is None:
+        suffix = path.suffix.lower()
+        raise TorchclfError(f"{path}: unsupported file type {suffix or '(none)'!r}; use a {FORMATS} file")
+    what, compression = kind
     try:
-        if suffix == ".csv":
-            frame = _read_csv(path)
+        if what == "csv":
+            frame = _read_csv(path, compression)
         else:
             frame = _read_parquet(path)
-    except TorchclfError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise TorchclfError(
-            f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise TorchclfError(f"{path}: the file is empty; expected a header row and data rows") from None
-    except (pd.errors.ParserError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TorchclfError(f"{path}: cannot be read as {suffix[1:]}: {first}") from None
+    except Exception as exc:
+        error = read_error(path, compression or what, exc)
+        if error is None:
+            raise
+        raise error from None
     if frame.columns.duplicated().any():
         dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         raise TorchclfError(f"{path}: duplicate column names {dupes}; rename them so each is unique")
     if len(frame) == 0:
         raise TorchclfError(f"{path}: has a header but no data rows")
     return frame
+
+
+def read_error(path: Path, kind: str, exc: BaseException) -> TorchclfError | None:
+    """The one line naming ``path`` for what pandas, pyarrow or a decompressor raise on a malformed ``kind``
+    file (a TorchclfError as it is); None for any other exception."""
+    if isinstance(exc, TorchclfError):
+        return exc
+    if isinstance(exc, UnicodeDecodeError):
+        return TorchclfError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8")
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return TorchclfError(f"{path}: the file is empty; expected a header row and data rows")
+    if isinstance(exc, (pd.errors.ParserError, OSError, ValueError, *DECOMPRESSION_ERRORS)):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return TorchclfError(f"{path}: cannot be read as {kind}: {first}")
+    return None
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -138,24 +154,85 @@ def sniff_decimal(sample: str, sep: str) -> str:
     return "," if comma and not dot else "."
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    # pandas silently renames duplicate headers ("a", "a.1"); read the header
-    # ourselves first so duplicates are reported rather than hidden.
+def table_format(path: str | Path) -> tuple[str, str | None] | None:
+    """``("csv", compression)`` (None, or a value of :data:`CSV_COMPRESSIONS`) or ``("parquet", None)`` for a
+    table file's name, from its suffixes; None for any other name."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if not suffixes:
+        return None
+    if suffixes[-1] == ".csv":
+        return "csv", None
+    if suffixes[-1] in PARQUET_SUFFIXES:
+        return "parquet", None
+    if suffixes[-1] in CSV_COMPRESSIONS and suffixes[-2:-1] == [".csv"]:
+        return "csv", CSV_COMPRESSIONS[suffixes[-1]]
+    return None
+
+
+def _decompression_errors() -> tuple:
+    """What a damaged compressed file raises besides OSError: a truncated stream, bad data, a bad archive."""
+    import lzma
+    import zipfile
+    import zlib
+
+    return EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile
+
+
+DECOMPRESSION_ERRORS = _decompression_errors()
+
+
+@contextlib.contextmanager
+def open_csv_text(path: Path, compression: str | None):
+    """The CSV file ``path`` as UTF-8 text, decompressed as ``compression`` says (see :func:`table_format`).
+
+    A zip archive must hold one file, as pandas reads it."""
+    if compression is None:
+        with open(path, newline="", encoding="utf-8") as fh:
+            yield fh
+        return
+    if compression == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            files = [m for m in archive.infolist() if not m.is_dir()]
+            if len(files) != 1:
+                raise TorchclfError(f"{path}: a zip archive of {len(files)} files; torchclf reads an archive "
+                                    "that holds one CSV file")
+            with archive.open(files[0]) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh:
+                yield fh
+        return
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}[compression]
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        yield fh
+
+
+def csv_layout(path: Path, compression: str | None) -> tuple[str, str, list[str]]:
+    """A CSV file's delimiter, decimal mark and header, checked for duplicate column names (pandas would
+    silently rename them "a", "a.1"): what every reader of the file passes to pandas."""
     import csv
 
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open_csv_text(path, compression) as fh:
         sample = fh.read(SNIFF_CHARS)
         sep = sniff_delimiter(sample)
         decimal = sniff_decimal(sample, sep)
         fh.seek(0)
         header = next(csv.reader(fh, delimiter=sep), None)
-    if header is None:
+    if not header:
         raise pd.errors.EmptyDataError("empty")
     seen: set[str] = set()
     dupes = sorted({h for h in header if h in seen or seen.add(h)})
     if dupes:
         raise TorchclfError(f"{path}: duplicate column names {dupes}; rename them so each is unique")
-    return pd.read_csv(path, encoding="utf-8", low_memory=False, sep=sep, decimal=decimal)
+    return sep, decimal, header
+
+
+def _read_csv(path: Path, compression: str | None = None) -> pd.DataFrame:
+    sep, decimal, _ = csv_layout(path, compression)
+    return pd.read_csv(path, encoding="utf-8", low_memory=False, sep=sep, decimal=decimal, compression=compression)
 
 
 def _missing_columns_error(missing: list[str], available, where: str) -> TorchclfError:
@@ -324,7 +401,7 @@ def names_builtin(spec: str) -> bool:
     A name wins over a same-named folder or extensionless file in the working
     folder; anything with a table suffix or a path separator is a file.
     """
-    return Path(spec).suffix.lower() not in TABLE_SUFFIXES and "/" not in spec and is_builtin(spec)
+    return table_format(spec) is None and "/" not in spec and is_builtin(spec)
 
 
 def load_table(
@@ -339,7 +416,7 @@ def resolve_source(
 ) -> Dataset:
     """Turn a command-line ``DATA`` argument into a Dataset.
 
-    A path to a ``.csv``/``.parquet`` file is read; otherwise ``spec`` names a
+    A path to a CSV (compressed or not) or Parquet file is read; otherwise ``spec`` names a
     built-in dataset (see :func:`torchclf.data.load_builtin`).
     """
     if names_builtin(spec):
