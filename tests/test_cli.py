@@ -108,7 +108,14 @@ def test_existing_output_folder_is_not_overwritten(csv_run):
         (["train", "FILE"], "no target column given; pass --target COL (columns are: a, y)"),
         (["train", "ONECLASS", "--target", "y"], "only one class"),
         (["train", "EMPTY", "--target", "y"], "no data rows"),
-        (["train", "moons", "--optimizer", "rmsprop"], "TrainConfig.optimizer: got 'rmsprop'"),
+        # A value out of range names the flag that gave it, as typed.
+        (["train", "moons", "--optimizer", "rmsprop"], "error: --optimizer: got 'rmsprop', expected one of adam, "
+                                                       "adamw, sgd\n"),
+        (["train", "moons", "--hidden", "6,0"], "error: --hidden: got '6,0', expected comma-separated positive "
+                                                "layer sizes such as 64,64\n"),
+        (["train", "moons", "--epochs", "0"], "error: --epochs: got 0, expected a whole number >= 1\n"),
+        (["train", "moons", "--patience-min", "0"], "error: --patience-min: got 0, expected a whole number >= 1, "
+                                                    "or 'none'\n"),
         (["train", "moons", "--hidden", "6,x"], "--hidden: got '6,x', expected comma-separated positive layer sizes"),
         (["train", "moons", "--preset", "circle-v9"], "unknown preset 'circle-v9'"),
         (["predict", "not-a-run", "moons"], "no such run folder"),

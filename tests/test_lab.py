@@ -134,6 +134,7 @@ def test_variant_parsing():
         (["--variant", "a:--hiden 3"], "No such option: --hiden"),
         (["--variant", "a:--hidden 3", "--variant", "a:--hidden 4"], "must be unique"),
         (["--variant", "a:--hidden x"], "--hidden"),
+        (["--variant", "a:--lr -1"], "error: variant 'a': --lr: got -1.0, expected a number > 0\n"),
         (["--file", "missing.toml"], "no such variants file"),
         (["--variant", "a:--hidden 3", "--features", "x0"], "two column names"),
     ],

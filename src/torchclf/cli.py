@@ -112,7 +112,8 @@ def build_config(preset: str | None, task: str, settings: dict):
     from torchclf.api import make_config
     from torchclf.config import PARAM, by_section
 
-    given = {name: PARAM[name].parse(value) for name, value in settings.items() if value is not None}
+    # Checked here as well as by the configuration, so that a value out of range names the flag that gave it.
+    given = {name: PARAM[name].check(PARAM[name].parse(value)) for name, value in settings.items() if value is not None}
     sections = by_section(given)
     return make_config(preset, task=task, model=sections["model"], train=sections["train"], data=sections["data"])
 
@@ -318,7 +319,10 @@ def variant_config(name: str, words: list[str], shared: dict):
                                 "so that every variant sees the same rows and seed")
     settings = {p.name: params.get(p.name) for p in PARAMS}
     settings.update(shared)
-    return build_config(params.get("preset"), params.get("task") or "auto", settings)
+    try:
+        return build_config(params.get("preset"), params.get("task") or "auto", settings)
+    except TorchclfError as exc:
+        raise TorchclfError(f"variant {name!r}: {exc}") from None
 
 
 @app.command()

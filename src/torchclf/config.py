@@ -165,10 +165,14 @@ class Param:
             return False
         return True
 
-    def check(self, value, owner: str):
-        """``value`` validated and normalised (ints as int, sizes as a tuple); raises naming ``owner.name``."""
+    def check(self, value, owner: str | None = None):
+        """``value`` validated and normalised (ints as int, sizes as a tuple); raises naming ``owner.name``, or
+        the command-line flag without an ``owner`` (a value the user typed)."""
 
         def bad():
+            if owner is None:  # as typed: --hidden 64,0, not (64, 0)
+                shown = self.format(value) if self.kind == "sizes" else value
+                return TorchclfError(f"{self.cli_flag.split('/')[0]}: got {shown!r}, expected {self.expected()}")
             return TorchclfError(f"{owner}.{self.name}: got {value!r}, expected {self.expected()}")
 
         if value is None:
