@@ -112,3 +112,70 @@ def test_fold_numbers_deal_each_class_evenly_and_follow_the_seed():
     # Multilabel: no classes to deal by, a seeded shuffle in equal folds.
     labels = Dataset(pd.DataFrame({"x": np.arange(10.0)}), pd.DataFrame({"p": [0, 1] * 5, "q": [1] * 10}))
     assert sorted(np.bincount(split.fold_numbers(labels, 4, seed=0)).tolist()) == [2, 2, 3, 3]
+
+
+def _mixed_dataset(n: int = 300, weights: bool = True) -> Dataset:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=n)
+    x[::7] = np.nan
+    features = pd.DataFrame({
+        "x": x, "k": rng.integers(0, 9, n), "colour": pd.Categorical(rng.choice(["r", "g", "b"], n)),
+        "note": np.where(rng.random(n) < 0.1, None, rng.choice(["a", "b"], n)).astype(object),
+        "when": pd.date_range("2024-01-01", periods=n, freq="h"),
+    })
+    target = pd.Series(rng.choice(["yes", "no", "maybe"], n), name="label")
+    return Dataset(features, target, name="t", weight=rng.random(n) if weights else None)
+
+
+@pytest.mark.parametrize("weights", [True, False])
+def test_a_consuming_split_gives_the_same_parts_and_empties_the_table(weights):
+    """consume=True (rows a run read itself) moves the columns into the parts: the same parts, dtypes and
+    weights as copying them, and the table left without columns; without it the table is left as it was."""
+    ds, copied = _mixed_dataset(weights=weights), _mixed_dataset(weights=weights)
+    before = ds.features.copy()
+    plain = split.split_dataset(copied, test_size=0.2, validation_size=0.1, seed=5)
+    pd.testing.assert_frame_equal(copied.features, before)
+    moved = split.split_dataset(ds, test_size=0.2, validation_size=0.1, seed=5, consume=True)
+    for part in ("train", "validation", "test"):
+        a, b = getattr(plain, part), getattr(moved, part)
+        pd.testing.assert_frame_equal(b.features, a.features, check_exact=True)
+        pd.testing.assert_series_equal(b.target, a.target)
+        assert (a.weight is None and b.weight is None) or np.array_equal(a.weight, b.weight)
+        assert len(b.features._mgr.blocks) == b.features.shape[1]  # a block per column, none copied together
+    assert list(ds.features.columns) == [] and ds.n_rows == 300
+
+
+def test_a_run_consumes_only_rows_it_read_itself(tmp_path, monkeypatch):
+    """A file's rows are moved into the parts; a caller's DataFrame or Dataset is left whole."""
+    from torchclf import api
+
+    consumed = []
+    original = split.split_dataset
+
+    def watch(ds, **kwargs):
+        consumed.append(kwargs.get("consume", False))
+        return original(ds, **kwargs)
+
+    monkeypatch.setattr(api, "split_dataset", watch)
+    config = api.make_config(model={"hidden": (4,)}, train={"epochs": 1, "threads": 1})
+    ds = _mixed_dataset()
+    frame = ds.features.assign(label=ds.target)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    kept = frame.copy()
+    api.prepare(api.RunSpec(str(tmp_path / "t.csv"), "label", None, None, config))
+    api.prepare(api.RunSpec(frame, "label", None, None, config))
+    api.prepare(api.RunSpec(ds, None, None, None, config))
+    assert consumed == [True, False, False]
+    pd.testing.assert_frame_equal(frame, kept)
+    assert ds.features.shape == (300, 5)
+
+
+def test_memory_is_handed_back_through_glibc_on_linux():
+    import platform
+
+    from torchclf.data import memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    assert memory._malloc_trim() is not None
+    memory.release_memory()

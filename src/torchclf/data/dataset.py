@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from torchclf.data.memory import release_arrow_memory
+
 
 @dataclass
 class Dataset:
@@ -60,6 +62,40 @@ class Dataset:
             weight=None if self.weight is None else self.weight[index],
         )
 
+    def take_each(self, parts: list, *, consume: bool = False) -> list:
+        """``[self.take(rows) for rows in parts]`` (None where ``rows`` is None).
+
+        With ``consume``, the feature columns are moved out of this Dataset's frame one at a time, each as
+        soon as every part holds its rows, so that the whole table and all its parts are never in memory
+        together: a table read from a file (one block per column, as torchclf reads Parquet) and its three
+        parts peaked at twice the table's size; this way at about the table's size and one column. The frame
+        is left without columns. For a frame that nobody else holds: the caller's own rows are never
+        consumed.
+        """
+        if not consume:
+            return [None if rows is None else self.take(rows) for rows in parts]
+        frame = self.features
+        columns = [{} for _ in parts]
+        for name in list(frame.columns):
+            values = frame[name]
+            for part, rows in zip(columns, parts):
+                if rows is not None:
+                    part[name] = values.iloc[rows].reset_index(drop=True)
+            del values, frame[name]
+            release_arrow_memory()  # a column of a table read from Parquet is a view of Arrow's memory
+        taken = []
+        for part, rows in zip(columns, parts):
+            if rows is None:
+                taken.append(None)
+                continue
+            # copy=False: each column stays its own block, rather than all copied into one 2-D block at once.
+            features = pd.DataFrame(part, copy=False) if part else pd.DataFrame(index=pd.RangeIndex(len(rows)))
+            taken.append(Dataset(
+                features=features, target=self.target.iloc[rows].reset_index(drop=True), name=self.name,
+                label_sep=self.label_sep, target_columns=list(self.target_columns),
+                weight=None if self.weight is None else self.weight[rows]))
+        return taken
+
     def summary(self) -> dict:
         """Rows, columns and class balance as plain JSON-ready values."""
         if self.multilabel:
@@ -74,3 +110,4 @@ class Dataset:
             "dtypes": {str(c): str(t) for c, t in self.features.dtypes.items()},
             "class_counts": balance,
         }
+

@@ -113,7 +113,7 @@ def _cut(n: int, name: str, fraction: float, seed: int,
 
 def split_dataset(
     ds: Dataset, *, test_size: float = 0.2, validation_size: float = 0.1, seed: int = 0,
-    test: Dataset | None = None,
+    test: Dataset | None = None, consume: bool = False,
 ) -> Splits:
     """Split rows into train, validation and test.
 
@@ -123,7 +123,9 @@ def split_dataset(
 
     The validation part is cut from the rows left after the test part, as two
     splits in a row, but the rows of each part are worked out first and copied
-    from ``ds`` once (each row is copied once, not up to twice).
+    from ``ds`` once (each row is copied once, not up to twice). With ``consume``, the columns are moved out
+    of ``ds`` as the parts are made (see :meth:`Dataset.take_each`): for rows read from a file that nothing
+    else holds.
     """
     cut_test = test is None and test_size > 0
     parts = 1 + int(cut_test) + int(validation_size > 0)
@@ -140,8 +142,8 @@ def split_dataset(
         left = None if classes is None else np.unique(classes[rest], return_inverse=True)[1].reshape(-1)
         keep, held = _cut(len(rest), ds.name, min(frac, 0.5), seed + 1, left)
         rest, val_rows = rest[keep], rest[held]
-    return Splits(train=ds.take(rest), validation=None if val_rows is None else ds.take(val_rows),
-                  test=test if test_rows is None else ds.take(test_rows))
+    train, validation, held_out = ds.take_each([rest, val_rows, test_rows], consume=consume)
+    return Splits(train=train, validation=validation, test=test if test_rows is None else held_out)
 
 
 def fold_numbers(ds: Dataset, folds: int, seed: int) -> np.ndarray:
