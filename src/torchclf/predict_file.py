@@ -231,7 +231,7 @@ class _read_errors:
 
 
 def open_source(spec: str, features: set[str] = frozenset(), text_columns: set[str] = frozenset()) -> _Source:
-    """The rows of a ``.csv``/``.parquet`` file or a built-in dataset, to be read in chunks (``features``: the
+    """The rows of a CSV (compressed or not) or Parquet file or a built-in dataset, to be read in chunks (``features``: the
     columns the model reads, ``text_columns``: its categorical ones; see :class:`_CsvSource`)."""
     from torchclf.data.sources import names_builtin, read_rows, table_format
 

@@ -110,4 +110,3 @@ class Dataset:
             "dtypes": {str(c): str(t) for c, t in self.features.dtypes.items()},
             "class_counts": balance,
         }
-
