@@ -431,10 +431,16 @@ def test_dimensions_that_cannot_change_the_model_are_not_searched():
     names = DEFAULT_SPACE.names
 
     def searched(columns, space=DEFAULT_SPACE):
-        return fit_to_data(space, Preprocessor(100, onehot_max=16).fit(columns), RunConfig()).names
+        return fit_to_data(space, Preprocessor(100, onehot_max=16).fit(columns), RunConfig(), len(columns)).names
 
-    # Six categories: onehot_max 4 embeds the column, 16 and 64 one-hot encode it.
+    # Six categories of ten rows each: onehot_max 4 embeds the column, 16 and 64 one-hot encode it.
     assert searched(frame) == names
+    # Five rows each, fewer than embed_rows (8): one-hot whatever onehot_max says, and nothing to embed.
+    assert searched(frame[["city"]].iloc[:30]) == [n for n in names if n not in (
+        "scaling", "numeric_embedding", "onehot_max", "embedding_dim")]
+    # Unless a space file searches embed_rows too: with none, onehot_max 4 embeds them again.
+    assert searched(frame[["city"]].iloc[:30], parse_space({"embed_rows": ["none", 8]})) == [
+        n for n in names if n not in ("scaling", "numeric_embedding")] + ["embed_rows"]
     assert searched(frame[["x"]]) == [n for n in names if n != "onehot_max"]
     assert searched(frame[["city"]]) == [n for n in names if n not in ("scaling", "numeric_embedding")]
     three = frame[["city"]].replace({"d": "a", "e": "b", "f": "c"})

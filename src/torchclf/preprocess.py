@@ -130,6 +130,20 @@ def _weighted_median(values: np.ndarray, weight: np.ndarray) -> float:
     return float(v[i])
 
 
+def embeds(kept: int, distinct: int, rows: float, onehot_max: int | None, embed_rows: int | None) -> bool:
+    """Whether a categorical column enters the network as a learnt embedding rather than one-hot: it keeps
+    more than ``onehot_max`` categories (``kept``, of ``distinct`` in ``rows`` training rows or their
+    weights), and, up to ONEHOT_RARE_MAX of them, they average at least ``embed_rows`` rows each.
+
+    Categories of a row or two each (a car's model name) make an embedding learnt from noise, while one-hot
+    keeps even the single-row categories, each with its own weights (benchmarks/quality.py's cars table,
+    mean of 10 seeds: 0.834 one-hot, 0.810 embedded).
+    """
+    if onehot_max is None or kept <= onehot_max:
+        return False
+    return embed_rows is None or kept > ONEHOT_RARE_MAX or rows >= embed_rows * distinct
+
+
 def _category_counts(series: pd.Series, weight: np.ndarray | None = None) -> dict[str, float]:
     """Rows (or summed weights) per category as text, missing values counted as ``MISSING``.
 
@@ -454,12 +468,7 @@ class Preprocessor:
             )
         # Sort by count, then name, so the encoding does not depend on row order.
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.max_categories]
-        embed = self.onehot_max is not None and len(ordered) > self.onehot_max
-        if embed and self.embed_rows is not None and len(ordered) <= ONEHOT_RARE_MAX:
-            # Categories of a row or two each (a car's model name): an embedding learnt from so few rows is
-            # noise, while one-hot keeps even the single-row categories, each with its own weights
-            # (benchmarks/quality.py's cars table, mean of 10 seeds: 0.834 one-hot, 0.810 embedded).
-            embed = sum(counts.values()) >= self.embed_rows * len(counts)
+        embed = embeds(len(ordered), len(counts), sum(counts.values()), self.onehot_max, self.embed_rows)
         if embed:
             ordered = [(k, n) for k, n in ordered if n >= MIN_EMBEDDED_ROWS] or ordered[:1]
         return (ColumnSpec(name=name, kind="categorical", categories=[k for k, _ in ordered], embed=embed),

@@ -354,29 +354,39 @@ def read_space(path: str | Path) -> SearchSpace:
     return space
 
 
-def fit_to_data(space: SearchSpace, preprocessor, config: RunConfig) -> SearchSpace:
+def fit_to_data(space: SearchSpace, preprocessor, config: RunConfig, rows: int) -> SearchSpace:
     """``space`` without the default dimensions that cannot change the model on these columns.
 
     ``onehot_max`` goes when every choice one-hot encodes and embeds the same
-    columns (by the number of categories; the ``embed_rows`` rule is not
-    applied here, so a choice that changes nothing may stay); ``scaling`` when
-    there is no numeric column; ``numeric_embedding`` when no numeric column
-    can be embedded (none, or more than ``periodic_max``); ``embedding_dim``
-    when nothing can be embedded. A dimension that a
-    space file set is kept as written. ``preprocessor`` is fitted with
-    ``config`` (the fixed settings) on the training rows.
+    columns (by the number of categories and, through ``embed_rows``, the
+    ``rows`` training rows per category, as :func:`torchclf.preprocess.embeds`
+    decides; a column that the fitted preprocessor embeds counts the
+    categories it kept); ``scaling`` when there is no numeric column;
+    ``numeric_embedding`` when no numeric column can be embedded (none, or
+    more than ``periodic_max``); ``embedding_dim`` when nothing can be
+    embedded. A dimension that a space file set is kept as written.
+    ``preprocessor`` is fitted with ``config`` (the fixed settings) on the
+    training rows.
     """
+    from torchclf.preprocess import embeds
+
     dims = {d.name: d for d in space.dimensions}
     default = {d.name: d for d in DEFAULT_SPACE.dimensions}
 
     def choices(name):
         return list(dims[name].choices) if name in dims and dims[name].kind == "choice" else [config.value(name)]
 
+    def number(value):
+        return None if value is None or value == "none" else int(value)
+
     numeric = any(c.kind == "numeric" for c in preprocessor.columns)
     counts = [len(c.categories) for c in preprocessor.columns if c.kind != "numeric"]
-    plans = {tuple(v is not None and v != "none" and k > int(v) for k in counts) for v in choices("onehot_max")}
+    # The columns each onehot_max choice embeds, under each embed_rows choice (one, unless a space file
+    # searches it too).
+    plans = {e: {tuple(embeds(k, k, rows, number(v), e) for k in counts) for v in choices("onehot_max")}
+             for e in map(number, choices("embed_rows"))}
     useless = set()
-    if len(plans) == 1:
+    if all(len(p) == 1 for p in plans.values()):
         useless.add("onehot_max")
     if not numeric:
         useless.add("scaling")
@@ -386,7 +396,7 @@ def fit_to_data(space: SearchSpace, preprocessor, config: RunConfig) -> SearchSp
     if not embeddable:
         useless.add("numeric_embedding")
     periodic = bool(embeddable) and "periodic" in choices("numeric_embedding")
-    if not periodic and not any(any(plan) for plan in plans):
+    if not periodic and not any(any(plan) for p in plans.values() for plan in p):
         useless.add("embedding_dim")
     drop = {name for name in useless if name in dims and dims[name] == default.get(name)}
     return SearchSpace(tuple(d for d in space.dimensions if d.name not in drop), space.fixed)
@@ -1210,7 +1220,7 @@ def tune(
     if probe.splits.validation is None or probe.splits.validation.n_rows == 0:
         raise TorchclfError(f"{spec.name}: too few rows for a validation split; give more rows or a larger --val-size")
     api.check_decisions(probe.predictor, probe.splits.validation, config)
-    space = fit_to_data(space, probe.predictor.preprocessor, config)
+    space = fit_to_data(space, probe.predictor.preprocessor, config, probe.splits.train.n_rows)
     if not space.dimensions:
         raise TorchclfError(f"{spec.name}: the parameters left to search cannot change a model of these columns; "
                             "search others (--space) or fewer fixed flags")
