@@ -103,6 +103,13 @@ def _damaged(tmp_path, name: str) -> object:
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("a.csv", text)
             archive.writestr("b.csv", text)
+    elif name == "locked.csv.zip":  # marked encrypted, as `zip -e` writes it (zipfile cannot encrypt)
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("a.csv", text)
+        data = bytearray(path.read_bytes())
+        data[6] |= 1  # the local header's flags
+        data[data.find(b"PK\x01\x02") + 8] |= 1  # the central directory's
+        path.write_bytes(bytes(data))
     else:
         path.write_bytes(b"not compressed at all\n" * 10)
     return path
@@ -115,6 +122,9 @@ def _damaged(tmp_path, name: str) -> object:
     ("text.csv.xz", "text.csv.xz: cannot be read as xz: Input format not supported by decoder"),
     ("text.csv.zip", "text.csv.zip: cannot be read as zip: File is not a zip file"),
     ("two.csv.zip", "two.csv.zip: a zip archive of 2 files; torchclf reads an archive that holds one CSV file"),
+    ("locked.csv.zip", "locked.csv.zip: cannot be read as zip: File <ZipInfo filename='a.csv' filemode='?rw-------' "
+                       "file_size=5390> is encrypted, password required for extraction; re-save it as a plain zip "
+                       "archive, or as .csv.gz"),
 ])
 def test_a_damaged_compressed_file(tmp_path, name, message):
     _fails(tmp_path, _damaged(tmp_path, name), message, "--target", "label")

@@ -214,3 +214,12 @@ def test_an_output_the_file_system_refuses_is_one_line_and_leaves_nothing(csv_ru
                            "--out", str(blocked / "p.csv"))
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked"]
+
+
+def test_the_help_names_every_file_type_that_is_read():
+    """The help texts' list of files (cli.TABLE_FILE, kept free of pandas for --help) against what is read."""
+    from torchclf.cli import TABLE_FILE
+    from torchclf.data.sources import CSV_COMPRESSIONS
+
+    assert "CSV" in TABLE_FILE and "Parquet" in TABLE_FILE
+    assert [suffix for suffix in CSV_COMPRESSIONS if suffix not in TABLE_FILE] == []

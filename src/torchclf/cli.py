@@ -16,6 +16,10 @@ import typer
 
 from torchclf.config import CONFIRM_FOLDS, PRUNERS, TASKS  # a leaf module: the help texts take their names from it
 
+# The files DATA may name, for the help texts (torchclf.data.sources reads them; a test checks that every
+# suffix it reads is named here, without importing pandas for --help).
+TABLE_FILE = "a CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file"
+
 app = typer.Typer(
     name="torchclf",
     help="Train, evaluate and use PyTorch neural-network classifiers on tabular data.",
@@ -137,7 +141,7 @@ def print_metrics(metrics: dict, kind: str, title: str = "Metrics") -> None:
 @app.command()
 @table_options
 def train(
-    data: Optional[str] = typer.Argument(None, help="A CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset (see `torchclf datasets`); spec options like moons:noise=0.07. (default: circles)"),
+    data: Optional[str] = typer.Argument(None, help=f"Rows to train on: {TABLE_FILE} or a built-in dataset (see `torchclf datasets`); spec options like moons:noise=0.07. (default: circles)"),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column; repeat for several 0/1 columns (multilabel)."),
     task: str = typer.Option("auto", help=", ".join(TASKS) + "."),
     label_sep: Optional[str] = typer.Option(None, help="The target column holds labels joined by this separator (multilabel)."),
@@ -190,7 +194,7 @@ def _interruptible(work):
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
-    data: str = typer.Argument(..., help="Labelled rows: a CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset."),
+    data: str = typer.Argument(..., help=f"Labelled rows: {TABLE_FILE} or a built-in dataset."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column(s) (default: the run's)."),
     json_out: bool = typer.Option(False, "--json", help="Print all metrics as JSON."),
 ) -> None:
@@ -211,7 +215,7 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
-    data: str = typer.Argument(..., help="Rows to predict: a CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset."),
+    data: str = typer.Argument(..., help=f"Rows to predict: {TABLE_FILE} or a built-in dataset."),
     out: Optional[Path] = typer.Option(None, help="File to write: Parquet for .parquet/.pq, compressed CSV for "
                                        ".csv.gz/.csv.bz2/.csv.xz, else CSV; or - for CSV on standard output (the "
                                        "default)."),
@@ -327,7 +331,7 @@ def variant_config(name: str, words: list[str], shared: dict):
 
 @app.command()
 def compare(
-    data: str = typer.Argument("circles", help="A CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset, as for train."),
+    data: str = typer.Argument("circles", help=f"Labelled rows: {TABLE_FILE} or a built-in dataset, as for train."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="NAME:FLAGS with train's model/training flags, e.g. \"deeper:--hidden 64,64,64 --epochs 200\"; repeat. Default: the tutorial's study circle-v0 -> circle-v1 -> circle-v2 -> default."),
     variants_file: Optional[Path] = typer.Option(None, "--file", help="A TOML file with a [variants] table of name = \"flags\" lines (after any --variant)."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column(s), as for train."),
@@ -472,7 +476,7 @@ def explain(
 @app.command()
 @table_options
 def tune(
-    data: str = typer.Argument(..., help="A CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or a built-in dataset, as for train."),
+    data: str = typer.Argument(..., help=f"Labelled rows: {TABLE_FILE} or a built-in dataset, as for train."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Label column(s), as for train."),
     trials: int = typer.Option(30, "--trials", min=1, help="Finish when the study holds this many complete or pruned trials, other processes' included."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Start no new trial after this many seconds."),
@@ -543,7 +547,7 @@ def export(
     run: Path = typer.Argument(..., help="A run folder written by `torchclf train`."),
     format: str = typer.Option("onnx", "--format", help="File format: onnx (one graph from raw columns to labels and probabilities)."),
     out: Optional[Path] = typer.Option(None, "--out", help="File to write (default: the run folder's name + .onnx, here)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Rows to check the file on: a CSV (also .csv.gz/.bz2/.xz/.zip) or Parquet file or built-in dataset (default: the run's own test split)."),
+    data: Optional[str] = typer.Option(None, "--data", help=f"Rows to check the file on: {TABLE_FILE} or built-in dataset (default: the run's own test split)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime's results with torchclf's on the check rows (needs onnxruntime)."),
 ) -> None:
     """Export a run for serving without torchclf: raw feature columns in, labels and probabilities out."""

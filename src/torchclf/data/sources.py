@@ -186,7 +186,12 @@ def open_csv_text(path: Path, compression: str | None):
             if len(files) != 1:
                 raise TorchclfError(f"{path}: a zip archive of {len(files)} files; torchclf reads an archive "
                                     "that holds one CSV file")
-            with archive.open(files[0]) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh:
+            try:
+                raw = archive.open(files[0])
+            except (RuntimeError, NotImplementedError) as exc:  # encrypted, or a compression zipfile lacks
+                raise TorchclfError(f"{path}: cannot be read as zip: {exc}; re-save it as a plain zip archive, "
+                                    "or as .csv.gz") from None
+            with raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh:
                 yield fh
         return
     import bz2
