@@ -29,6 +29,43 @@ def test_tutorial_datasets_match_the_tutorial():
     assert params["noise"] == 0.03
 
 
+@pytest.mark.parametrize("spec, make, kwargs", [
+    (f"circles:n_samples={n},noise={noise},factor={factor},seed={seed}", "make_circles",
+     {"n_samples": n, "noise": noise, "factor": factor, "random_state": seed})
+    for n, noise, factor, seed in [(1000, 0.03, 0.8, 42), (7, 0.0, 0.0, 0), (1, 0.5, 0.99, 5), (0, 0.1, 0.5, 1),
+                                   (2001, 1.5, 0.3, 123)]
+] + [
+    (f"moons:n_samples={n},noise={noise},seed={seed}", "make_moons", {"n_samples": n, "noise": noise, "random_state": seed})
+    for n, noise, seed in [(1000, 0.2, 42), (3, 0.0, 0), (1, 0.07, 9), (999, 2.0, 2**31 - 1)]
+] + [
+    (f"blobs:n_samples={n},centers={c},cluster_std={std},n_features={f},seed={seed}", "make_blobs",
+     {"n_samples": n, "centers": c, "cluster_std": std, "n_features": f, "random_state": seed})
+    for n, c, std, f, seed in [(1000, 4, 1.5, 2, 42), (10, 3, 0.0, 1, 0), (3, 5, 2.5, 7, 8), (1001, 1, 1.0, 3, 77)]
+])
+def test_generators_give_scikit_learns_rows_for_the_same_seed(spec, make, kwargs):
+    """circles, moons and blobs are drawn without scikit-learn, and seeded runs keep the rows they had with it."""
+    import sklearn.datasets
+
+    X, y = getattr(sklearn.datasets, make)(**kwargs)
+    features, target, _ = load_builtin(spec)
+    np.testing.assert_array_equal(features.to_numpy(), X)
+    np.testing.assert_array_equal(target.to_numpy(), y)
+    assert target.dtype == np.int64 and list(features.columns) == [f"x{i}" for i in range(X.shape[1])]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("circles:factor=1", "dataset 'circles': factor is the inner circle's radius, a fraction of the outer one's: "
+                         "it must be below 1, got 1.0"),
+    ("blobs:centers=0", "dataset 'blobs': centers must be at least 1, got 0"),
+    ("blobs:n_features=0", "dataset 'blobs': n_features must be at least 1, got 0"),
+    ("circles:seed=4294967296", "dataset 'circles': seed must be at most 4294967295 (2**32 - 1), got 4294967296"),
+])
+def test_generator_values_out_of_range_are_one_line(spec, message):
+    with pytest.raises(TorchclfError) as caught:
+        load_builtin(spec)
+    assert str(caught.value) == message
+
+
 def test_spec_overrides_generator_parameters():
     features, target, params = load_builtin("moons:noise=0.07,n_samples=300,seed=3")
     assert len(features) == 300 and params["noise"] == 0.07 and params["seed"] == 3

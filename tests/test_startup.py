@@ -12,19 +12,6 @@ def _python(code: str, cwd) -> subprocess.CompletedProcess:
                           env={"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"}, check=False)
 
 
-def test_scores_and_curves_need_no_scikit_learn(tmp_path):
-    """The metrics and the report's curves are torchclf's own; scikit-learn (about 1 s to import) is not loaded."""
-    done = _python("import sys\n"
-                   "import numpy as np\n"
-                   "from torchclf.metrics import compute_metrics\n"
-                   "from torchclf.task import Task\n"
-                   "y = np.array([0, 1, 1, 0, 1]); p = np.array([[.8, .2], [.3, .7], [.4, .6], [.6, .4], [.9, .1]])\n"
-                   "m = compute_metrics(Task('binary', 2), y, p, ['a', 'b'])\n"
-                   "print(round(m['accuracy'], 4), round(m['roc_auc'], 4), 'sklearn' in sys.modules)\n", tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0.8", "0.6667", "False"]  # ROC-AUC: 4 of the 6 positive-negative pairs in order
-
-
 def test_the_console_entry_runs_exit_handlers_then_leaves_with_the_status(tmp_path):
     code = ("import atexit, sys\n"
             "atexit.register(lambda: print('handlers ran', flush=True))\n"
@@ -43,18 +30,25 @@ def test_the_console_entry_runs_exit_handlers_then_leaves_with_the_status(tmp_pa
     assert bad.stderr == f"error: {tmp_path / 'absent.csv'}: no such file (check the path)\n"
 
 
-def test_training_from_a_file_at_the_command_line_imports_neither_scikit_learn_nor_scipy(tmp_path):
-    """The split is torchclf's own (tests/test_split.py checks that it takes scikit-learn's rows), and so is the
-    temperature search (tests/test_calibration.py compares it with scipy's)."""
+def test_training_on_the_demo_data_or_a_file_imports_neither_scikit_learn_nor_scipy(tmp_path):
+    """scikit-learn and SciPy (about 2 s to import) are not loaded by a run on the built-in circles or on a file.
+
+    The generators, the split, the metrics and the report's curves are torchclf's own (tests/test_data.py,
+    tests/test_split.py and tests/test_metrics.py compare them with scikit-learn's), and so is the temperature
+    search (tests/test_calibration.py compares it with SciPy's). Both runs write their folder, report included.
+    """
     rows = "\n".join(f"{i % 7},{(i * 3) % 5},{'ab'[i % 2]}" for i in range(200))
     (tmp_path / "t.csv").write_text("x,z,label\n" + rows + "\n")
     code = ("import atexit, sys\n"
             "atexit.register(lambda: print('imported:', 'sklearn' in sys.modules, 'scipy' in sys.modules))\n"
+            "from torchclf.cli import main, run\n"
+            "assert main(['train', '--epochs', '2', '--quiet', '--out', 'demo']) == 0\n"
             "sys.argv = ['torchclf', 'train', 't.csv', '--target', 'label', '--epochs', '3', '--quiet',"
             " '--out', 'run']\n"
-            "from torchclf.cli import run\n"
             "run()\n")
     done = _python(code, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "imported: False False"
-    assert (tmp_path / "run" / "model.safetensors").exists()
+    for run in ("demo", "run"):
+        page = (tmp_path / run / "report.html").read_text()
+        assert 'alt="ROC and PR curves"' in page and 'alt="reliability diagram"' in page, run

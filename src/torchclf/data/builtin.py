@@ -1,4 +1,5 @@
-"""Built-in datasets: scikit-learn's generators and bundled sets (never downloaded).
+"""Built-in datasets: generators (scikit-learn's circles, moons and blobs, drawn here) and bundled sets
+(never downloaded).
 
 A dataset is named by a spec such as ``moons`` or ``moons:noise=0.07,n_samples=500,seed=1``;
 the part after the colon overrides the generator's parameters. A two-column dataset also
@@ -27,34 +28,73 @@ class BuiltinDataset:
     defaults: dict
 
 
+MAX_SEED = 2**32 - 1
+
+
 def _xy_frame(X: np.ndarray, prefix: str = "x") -> pd.DataFrame:
     return pd.DataFrame(X.astype(np.float64), columns=[f"{prefix}{i}" for i in range(X.shape[1])])
 
 
-def _circles(n_samples: int, noise: float, factor: float, seed: int):
-    from sklearn.datasets import make_circles
+def _shuffled(X: np.ndarray, y: np.ndarray, rng: np.random.RandomState, noise: float | None = None):
+    """Rows in a random order, then Gaussian noise on every coordinate: scikit-learn's order of draws.
 
-    X, y = make_circles(n_samples=n_samples, noise=noise, factor=factor, random_state=seed)
+    scikit-learn's generators shuffle an index with ``RandomState.shuffle`` and then draw the noise from the
+    same ``RandomState``; doing the same here gives the same rows for the same seed (tests/test_data.py
+    compares the two) without importing scikit-learn, whose import costs more than the demo's training.
+    """
+    order = np.arange(len(y))
+    rng.shuffle(order)
+    X, y = X[order], y[order]
+    if noise is not None:
+        X = X + rng.normal(scale=noise, size=X.shape)
+    return X, y
+
+
+def _two_arcs(outer: np.ndarray, inner: np.ndarray, inner_xy, seed: int, noise: float):
+    """Class 0 on the unit circle at the angles ``outer``; class 1 at ``inner_xy(inner)``; shuffled, noisy."""
+    inner_x, inner_y = inner_xy(inner)
+    X = np.column_stack([np.concatenate([np.cos(outer), inner_x]), np.concatenate([np.sin(outer), inner_y])])
+    y = np.repeat(np.array([0, 1], dtype=np.int64), [len(outer), len(inner)])
+    return _shuffled(X, y, np.random.RandomState(seed), noise)
+
+
+def _halves(n_samples: int) -> tuple[int, int]:
+    """Rows of class 0 and class 1: class 1 takes the odd one."""
+    return n_samples // 2, n_samples - n_samples // 2
+
+
+def _circles(n_samples: int, noise: float, factor: float, seed: int):
+    """Two concentric circles, the inner one of radius ``factor``: ``make_circles``' rows for the same seed."""
+    if not factor < 1:
+        raise TorchclfError(f"dataset 'circles': factor is the inner circle's radius, a fraction of the outer one's: "
+                            f"it must be below 1, got {factor}")
+    n_out, n_in = _halves(n_samples)
+    around = lambda n: np.linspace(0.0, 2 * np.pi, n, endpoint=False)  # noqa: E731 (no point counted twice)
+    X, y = _two_arcs(around(n_out), around(n_in), lambda a: (np.cos(a) * factor, np.sin(a) * factor), seed, noise)
     return _xy_frame(X), pd.Series(y, name="label")
 
 
 def _moons(n_samples: int, noise: float, seed: int):
-    from sklearn.datasets import make_moons
-
-    X, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed)
+    """Two interleaving half circles: ``make_moons``' rows for the same seed."""
+    n_out, n_in = _halves(n_samples)
+    half = lambda n: np.linspace(0.0, np.pi, n)  # noqa: E731
+    X, y = _two_arcs(half(n_out), half(n_in), lambda a: (1 - np.cos(a), 1 - np.sin(a) - 0.5), seed, noise)
     return _xy_frame(X), pd.Series(y, name="label")
 
 
 def _blobs(n_samples: int, centers: int, cluster_std: float, n_features: int, seed: int):
-    from sklearn.datasets import make_blobs
-
-    X, y = make_blobs(
-        n_samples=n_samples,
-        n_features=n_features,
-        centers=centers,
-        cluster_std=cluster_std,
-        random_state=seed,
-    )
+    """Gaussian blobs around centres drawn in [-10, 10]^n_features: ``make_blobs``' rows for the same seed."""
+    for key, value in (("centers", centers), ("n_features", n_features)):
+        if value < 1:
+            raise TorchclfError(f"dataset 'blobs': {key} must be at least 1, got {value}")
+    rng = np.random.RandomState(seed)
+    middles = rng.uniform(-10.0, 10.0, size=(centers, n_features))
+    sizes = np.full(centers, n_samples // centers)
+    sizes[: n_samples % centers] += 1  # the first blobs take the rows left over
+    X = np.concatenate([rng.normal(loc=middle, scale=cluster_std, size=(size, n_features))
+                        for middle, size in zip(middles, sizes)])
+    y = np.repeat(np.arange(centers, dtype=np.int64), sizes)
+    X, y = _shuffled(X, y, rng)
     return _xy_frame(X), pd.Series(y, name="label")
 
 
@@ -236,6 +276,8 @@ def load_builtin(spec: str):
         params[key] = _coerce(name, key, raw, params[key])
         if isinstance(params[key], (int, float)) and params[key] < 0:
             raise TorchclfError(f"dataset {name!r}: {key} must be >= 0, got {raw}")
+        if key == "seed" and params[key] > MAX_SEED:  # NumPy's RandomState takes no more
+            raise TorchclfError(f"dataset {name!r}: seed must be at most {MAX_SEED} (2**32 - 1), got {raw}")
     frame, target = ds.make(**params)
     if features is not None:
         from torchclf.data.features import derive, format_features, parse_features
