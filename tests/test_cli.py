@@ -1,8 +1,6 @@
 """The command line, in-process, plus one real subprocess run."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -141,21 +139,6 @@ def test_datasets_lists_every_builtin():
     assert code == 0
     for name in BUILTIN_DATASETS:
         assert name in out
-
-
-@pytest.mark.slow
-def test_the_installed_command_runs_the_demo(tmp_path):
-    """A real process: `python -m torchclf train` on the default data.
-
-    Its error exit in a real process (status 2, one line) is test_startup's console-entry test.
-    """
-    proc = subprocess.run(
-        [sys.executable, "-m", "torchclf", "train", "--out", str(tmp_path / "demo"), "--epochs", "5", "--threads", "1"],
-        capture_output=True, text=True, timeout=180, env={"OMP_NUM_THREADS": "1", "PATH": ""},
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "Epoch" in proc.stderr and "test" in proc.stdout
-    assert (tmp_path / "demo" / "plots" / "decision_boundary.png").exists()
 
 
 def test_multiclass_and_multilabel_through_the_cli(tmp_path, no_pictures_here):
