@@ -130,6 +130,35 @@ def test_a_damaged_compressed_file(tmp_path, name, message):
     _fails(tmp_path, _damaged(tmp_path, name), message, "--target", "label")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be created")
+@pytest.mark.parametrize("command", ["train", "predict", "export"])
+def test_an_output_that_cannot_be_created_is_named_as_typed(run_dir, tmp_path, command):
+    """Not the hidden working name beside it (.x.csv.PID-xxxx.partial, .run.claim), which means nothing to the user."""
+    out = f"/proc/torchclf-{command}-test"
+    args = {"train": ["train", "moons", *TINY], "predict": ["predict", str(run_dir), "moons"],
+            "export": ["export", str(run_dir)]}[command]
+    code, stdout, err = run_cli(*args, "--out", out)
+    assert (code, stdout) == (2, "")
+    assert err == f"error: {out}: No such file or directory; check the path, its permissions and free space\n"
+
+
+def test_running_out_of_memory_is_one_line_with_what_to_do(tmp_path, monkeypatch):
+    """More rows than the machine holds is a limit, not a bug: no traceback, no "report it", nothing written."""
+    from torchclf.data import builtin
+
+    def too_big(**params):
+        raise MemoryError("Unable to allocate 3.64 TiB for an array with shape (500000000000,) and data type float64")
+
+    monkeypatch.setitem(builtin.BUILTIN_DATASETS, "moons",
+                        builtin.BuiltinDataset("moons", "", too_big, builtin.BUILTIN_DATASETS["moons"].defaults))
+    code, stdout, err, out = _train(tmp_path, "moons:n_samples=1e12")
+    assert (code, stdout) == (1, "")
+    assert err == ("error: out of memory (Unable to allocate 3.64 TiB for an array with shape (500000000000,) and "
+                   "data type float64); use fewer rows or columns, a smaller --batch-size, or a machine with more "
+                   "memory\n")
+    assert not out.exists()
+
+
 def test_empty_file(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("")

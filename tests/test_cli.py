@@ -115,7 +115,17 @@ def test_existing_output_folder_is_not_overwritten(csv_run):
         (["train", "moons", "--patience-min", "0"], "error: --patience-min: got 0, expected a whole number >= 1, "
                                                     "or 'none'\n"),
         (["train", "moons", "--hidden", "6,x"], "--hidden: got '6,x', expected comma-separated positive layer sizes"),
+        (["train", "moons", "--seed", "-1"], "error: --seed: got -1, expected a whole number >= 0 and <= 4294967295\n"),
+        # The rule over two flags names both as typed, with the preset's or default value of the one not given.
+        (["train", "moons", "--test-size", "0.85"], "error: --test-size 0.85 and --val-size 0.1 hold out 0.95 of the "
+                                                    "rows; together they must stay below 0.9, so that rows are left "
+                                                    "to train on\n"),
         (["train", "moons", "--preset", "circle-v9"], "unknown preset 'circle-v9'"),
+        # A built-in dataset's target and labels are its own: other ones were once silently ignored.
+        (["train", "moons", "--target", "nope"], "error: moons: a built-in dataset brings its own target (label), "
+                                                 "not nope; drop --target, or give a file with that column\n"),
+        (["train", "multilabel", "--label-sep", ","], "error: multilabel: a built-in dataset's labels are not joined "
+                                                      "text; drop --label-sep, or give a file whose labels are\n"),
         (["predict", "not-a-run", "moons"], "no such run folder"),
     ],
 )

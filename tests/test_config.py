@@ -90,8 +90,10 @@ def test_defaults_come_from_the_table():
 
 
 def test_the_split_sizes_are_checked_together():
-    with pytest.raises(TorchclfError, match=r"DataConfig.validation_size: .* test_size \+ validation_size below 0.9"):
+    with pytest.raises(TorchclfError) as caught:
         DataConfig(test_size=0.5, validation_size=0.4)
+    assert str(caught.value) == ("DataConfig.test_size 0.5 and DataConfig.validation_size 0.4 hold out 0.9 of the rows; "
+                                 "together they must stay below 0.9, so that rows are left to train on")
     assert DataConfig(test_size=0.5, validation_size=0.39).validation_size == 0.39
 
 

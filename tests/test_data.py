@@ -32,7 +32,7 @@ def test_tutorial_datasets_match_the_tutorial():
 @pytest.mark.parametrize("spec, make, kwargs", [
     (f"circles:n_samples={n},noise={noise},factor={factor},seed={seed}", "make_circles",
      {"n_samples": n, "noise": noise, "factor": factor, "random_state": seed})
-    for n, noise, factor, seed in [(1000, 0.03, 0.8, 42), (7, 0.0, 0.0, 0), (1, 0.5, 0.99, 5), (0, 0.1, 0.5, 1),
+    for n, noise, factor, seed in [(1000, 0.03, 0.8, 42), (7, 0.0, 0.0, 0), (1, 0.5, 0.99, 5), (2, 0.1, 0.5, 1),
                                    (2001, 1.5, 0.3, 123)]
 ] + [
     (f"moons:n_samples={n},noise={noise},seed={seed}", "make_moons", {"n_samples": n, "noise": noise, "random_state": seed})
@@ -59,6 +59,17 @@ def test_generators_give_scikit_learns_rows_for_the_same_seed(spec, make, kwargs
     ("blobs:centers=0", "dataset 'blobs': centers must be at least 1, got 0"),
     ("blobs:n_features=0", "dataset 'blobs': n_features must be at least 1, got 0"),
     ("circles:seed=4294967296", "dataset 'circles': seed must be at most 4294967295 (2**32 - 1), got 4294967296"),
+    ("moons:n_samples=0", "dataset 'moons': n_samples must be at least 1, got 0"),
+    ("spirals:classes=0", "dataset 'spirals': classes must be at least 1, got 0"),
+    ("spirals:points_per_class=0", "dataset 'spirals': points_per_class must be at least 1, got 0"),
+    ("multilabel:n_classes=0", "dataset 'multilabel': n_classes must be at least 1, got 0"),
+    ("checkerboard:cells=0", "dataset 'checkerboard': cells must be at least 1, got 0"),
+    ("moons:noise=nan", "dataset 'moons': noise='nan' is not a valid float"),
+    ("blobs:cluster_std=inf", "dataset 'blobs': cluster_std='inf' is not a valid float"),
+    ("moons:seed=1.5", "dataset 'moons': seed='1.5' is not a valid whole number"),
+    ("xor:n_samples=1e400", "dataset 'xor': n_samples='1e400' is not a valid whole number"),
+    ("moons:noise=1e308,seed=3", "dataset 'moons': noise=1e308,seed=3 gives values too large to be numbers "
+                                 "(infinite); use smaller values"),
 ])
 def test_generator_values_out_of_range_are_one_line(spec, message):
     with pytest.raises(TorchclfError) as caught:

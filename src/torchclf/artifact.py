@@ -120,6 +120,21 @@ def _named_errors(path: str | Path):
 
 
 @contextlib.contextmanager
+def as_the_target(out: str | Path):
+    """Give OSErrors about ``out``'s hidden working names (``.NAME.*.partial``, ``.NAME.claim``) the name ``out``:
+    the user asked for ``out``, and the working name means nothing to them (``/proc/x.csv``, not
+    ``/proc/.x.csv.28609-6b4zy9o6.partial``)."""
+    out = Path(out)
+    hidden = str(out.parent / f".{out.name}.")
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc.filename, str) and exc.filename.startswith(hidden) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(out)) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_file(out: str | Path, newline: str | None = ""):
     """Yield a UTF-8 text stream whose content becomes the file ``out`` only if the block succeeds.
 
@@ -154,7 +169,8 @@ def atomic_file(out: str | Path, newline: str | None = ""):
     tmp = None
     fd = _unnamed_file(real.parent)
     if fd is None:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".partial", dir=real.parent)
+        with as_the_target(real):
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".partial", dir=real.parent)
         tmp = Path(name)
     try:
         with _named_errors(real), open(fd, "w", encoding="utf-8", newline=newline) as fh:
@@ -258,7 +274,8 @@ def atomic_folder(out: str | Path):
             raise TorchclfError(f"{out}: already exists and is not empty; choose another --out or remove it")
         remove_stale_partials(out)
         # The writer's process id in the name lets a later run tell a dead writer's leftovers from a live one.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=".partial", dir=out.parent))
+        with as_the_target(out):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-", suffix=".partial", dir=out.parent))
         try:
             follow_umask(tmp, 0o777)
             yield tmp
@@ -374,7 +391,8 @@ def claim_run_folder(out: str | Path) -> Path:
     if key in _CLAIMS:
         return path
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd = _lock(path)
+    with as_the_target(out):
+        fd = _lock(path)
     if fd is None:
         raise _claimed_error(out, path)
     _CLAIMS[key] = (fd, os.getpid())

@@ -114,10 +114,14 @@ def _default(name: str) -> str:
 def build_config(preset: str | None, task: str, settings: dict):
     """Flags -> RunConfig: the preset's values, then every flag that was given (parsed by its table row)."""
     from torchclf.api import make_config
-    from torchclf.config import PARAM, by_section
+    from torchclf.config import PARAM, by_section, check_held_out
 
     # Checked here as well as by the configuration, so that a value out of range names the flag that gave it.
     given = {name: PARAM[name].check(PARAM[name].parse(value)) for name, value in settings.items() if value is not None}
+    if {"test_size", "validation_size"} & given.keys():  # the rule over both, naming the flags as typed
+        base = make_config(preset, task=task).data
+        check_held_out(given.get("test_size", base.test_size), given.get("validation_size", base.validation_size),
+                       (PARAM["test_size"].cli_flag, PARAM["validation_size"].cli_flag))
     sections = by_section(given)
     return make_config(preset, task=task, model=sections["model"], train=sections["train"], data=sections["data"])
 
@@ -672,6 +676,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as exc:
         return exc.exit_code
+    except MemoryError as exc:  # more than this machine holds (numpy says how much): a limit, not a bug
+        if debug:
+            raise
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"error: out of memory{detail}; use fewer rows or columns, a smaller --batch-size, or a machine with "
+              "more memory", file=sys.stderr)
+        return 1
     except Exception as exc:  # usage errors and anything unexpected
         abort, usage = _click_exceptions()
         if isinstance(exc, abort):

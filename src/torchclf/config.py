@@ -134,9 +134,9 @@ class Param:
     def bounds_text(self) -> str:
         parts = []
         if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.low_open else '>='} {_bound(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.high_open else '<='} {_bound(self.high)}")
         return " and ".join(parts)
 
     def expected(self) -> str:
@@ -389,6 +389,11 @@ def section_params(section: str) -> tuple[Param, ...]:
     return tuple(p for p in PARAMS if p.section == section)
 
 
+def _bound(x: float) -> str:
+    """A bound as a user reads it: 4294967295, not 4.29497e+09; 1e-08 stays short."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
 class _Section:
     """Validation shared by the generated section dataclasses: every field checked against its table row."""
 
@@ -417,10 +422,20 @@ def _section_class(name: str, section: str, doc: str, check_together=None) -> ty
     return cls
 
 
+MAX_HELD_OUT = 0.9  # test and validation fractions together: the rest, at least a tenth, trains
+
+
+def check_held_out(test_size: float, validation_size: float, names=("DataConfig.test_size",
+                                                                   "DataConfig.validation_size")) -> None:
+    """The one rule over two fields of the data section, named as the caller's user spells them."""
+    if test_size + validation_size >= MAX_HELD_OUT:
+        raise TorchclfError(f"{names[0]} {test_size:g} and {names[1]} {validation_size:g} hold out "
+                            f"{test_size + validation_size:g} of the rows; together they must stay below "
+                            f"{MAX_HELD_OUT:g}, so that rows are left to train on")
+
+
 def _check_data(self) -> None:
-    if self.test_size + self.validation_size >= 0.9:
-        raise TorchclfError(f"DataConfig.validation_size: got {self.validation_size!r} with test_size "
-                            f"{self.test_size!r}, expected test_size + validation_size below 0.9")
+    check_held_out(self.test_size, self.validation_size)
 
 
 ModelConfig = _section_class(

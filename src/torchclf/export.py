@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from torchclf.artifact import as_the_target
 from torchclf.data.columns import MOSTLY_NOT_DATES
 from torchclf.errors import TorchclfError
 from torchclf.preprocess import MAX_SCALED, MISSING, _as_float
@@ -864,7 +865,8 @@ def export_onnx(predictor, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial")
     try:
-        tmp.write_bytes(model.SerializeToString())
+        with as_the_target(out):
+            tmp.write_bytes(model.SerializeToString())
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ two columns (see :mod:`torchclf.data.features`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +30,8 @@ class BuiltinDataset:
 
 
 MAX_SEED = 2**32 - 1
+# Generator parameters that count something (rows, classes, columns, cells): at least one of each.
+COUNTS = ("n_samples", "points_per_class", "classes", "centers", "n_features", "n_classes", "cells")
 
 
 def _xy_frame(X: np.ndarray, prefix: str = "x") -> pd.DataFrame:
@@ -84,9 +87,6 @@ def _moons(n_samples: int, noise: float, seed: int):
 
 def _blobs(n_samples: int, centers: int, cluster_std: float, n_features: int, seed: int):
     """Gaussian blobs around centres drawn in [-10, 10]^n_features: ``make_blobs``' rows for the same seed."""
-    for key, value in (("centers", centers), ("n_features", n_features)):
-        if value < 1:
-            raise TorchclfError(f"dataset 'blobs': {key} must be at least 1, got {value}")
     rng = np.random.RandomState(seed)
     middles = rng.uniform(-10.0, 10.0, size=(centers, n_features))
     sizes = np.full(centers, n_samples // centers)
@@ -235,12 +235,17 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def _coerce(name: str, key: str, raw: str, default):
+    """``raw`` as the type of ``default``: a whole number (``1e3`` is) or a finite float."""
+    kind = "whole number" if isinstance(default, int) else type(default).__name__
     try:
-        return type(default)(float(raw)) if isinstance(default, int) else type(default)(raw)
+        value = float(raw) if isinstance(default, (int, float)) else type(default)(raw)
     except ValueError:
-        raise TorchclfError(
-            f"dataset {name!r}: {key}={raw!r} is not a valid {type(default).__name__}"
-        ) from None
+        value = None
+    if isinstance(value, float) and not (math.isfinite(value) and (value.is_integer() or isinstance(default, float))):
+        value = None
+    if value is None:
+        raise TorchclfError(f"dataset {name!r}: {key}={raw!r} is not a valid {kind}")
+    return int(value) if isinstance(default, int) else value
 
 
 def is_builtin(spec: str) -> bool:
@@ -278,7 +283,14 @@ def load_builtin(spec: str):
             raise TorchclfError(f"dataset {name!r}: {key} must be >= 0, got {raw}")
         if key == "seed" and params[key] > MAX_SEED:  # NumPy's RandomState takes no more
             raise TorchclfError(f"dataset {name!r}: seed must be at most {MAX_SEED} (2**32 - 1), got {raw}")
+        if key in COUNTS and params[key] < 1:
+            raise TorchclfError(f"dataset {name!r}: {key} must be at least 1, got {raw}")
     frame, target = ds.make(**params)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(frame.to_numpy(dtype=np.float64)).all():  # noise=1e308 draws infinities
+            shown = ",".join(f"{k}={raw}" for k, raw in overrides.items())
+            raise TorchclfError(f"dataset {name!r}: {shown} gives values too large to be numbers (infinite); "
+                                "use smaller values")
     if features is not None:
         from torchclf.data.features import derive, format_features, parse_features
 

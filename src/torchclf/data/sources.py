@@ -415,6 +415,13 @@ def resolve_source(
     if names_builtin(spec):
         features, y, _ = load_builtin(spec)
         cols = list(y.columns) if isinstance(y, pd.DataFrame) else [str(y.name)]
+        wanted = None if target is None else [target] if isinstance(target, str) else [str(t) for t in target]
+        if wanted is not None and wanted != cols:  # once silently ignored: the run trained on another target
+            raise TorchclfError(f"{spec}: a built-in dataset brings its own target ({', '.join(cols)}), not "
+                                f"{', '.join(wanted)}; drop --target, or give a file with that column")
+        if label_sep is not None:
+            raise TorchclfError(f"{spec}: a built-in dataset's labels are not joined text; drop --label-sep, or "
+                                "give a file whose labels are")
         return Dataset(features=features, target=y, name=spec, target_columns=cols)
     if "/" in spec or Path(spec).exists() or (":" not in spec and Path(spec).suffix):
         # "data.xlsx" is a file name, not a dataset: report the file and its type.
