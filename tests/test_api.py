@@ -118,6 +118,38 @@ def test_arrays_and_a_separate_test_set():
     assert result.metrics["test"]["n_samples"] == 100
 
 
+def test_a_dataframes_column_named_by_a_number_is_the_target_and_the_saved_run_finds_it_again(no_pictures, tmp_path):
+    """``train(frame, 3)`` used to read 3 as the labels themselves (an AssertionError), and a run saved with it
+    could not be loaded; the saved name is text, which finds column 3 of a frame or "3" of a file again."""
+    from conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    frame = pd.DataFrame(np.c_[X, (X[:, 0] > 0).astype(int)])  # columns 0, 1, 2 and 3
+    config = api.make_config(model={"hidden": (8,)}, train={"epochs": 3})
+    result = api.train(frame, 3, config=config, out=tmp_path / "run")
+    assert result.predictor.target_columns == ["3"]
+    model = api.load(tmp_path / "run")
+    assert model.target_columns == ["3"]
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    code, stdout, stderr = run_cli("evaluate", str(tmp_path / "run"), str(tmp_path / "rows.csv"))
+    assert code == 0, stderr
+    again = api.train(frame, "3", config=config)  # the text finds the number as well
+    assert again.predictor.target_columns == ["3"]
+    np.testing.assert_array_equal(again.predictor.predict_proba(frame), result.predictor.predict_proba(frame))
+
+
+@pytest.mark.parametrize("frame, message", [
+    (pd.DataFrame([[1.0, 2.0, 0]], columns=["a", "a", "t"]), "DataFrame: duplicate column names ['a']; rename them "
+                                                            "so each is unique"),
+    (pd.DataFrame({"a": [], "t": []}), "DataFrame: has no rows; nothing to learn from"),
+])
+def test_a_dataframe_that_cannot_be_trained_on_is_one_message(frame, message):
+    with pytest.raises(torchclf.TorchclfError) as caught:
+        api.train(frame, "t")
+    assert str(caught.value) == message
+
+
 def test_same_seed_same_model():
     import torch
 

@@ -169,7 +169,8 @@ def as_dataset(data, target=None, *, label_sep: str | None = None) -> Dataset:
     if isinstance(data, (str, Path)):
         return resolve_source(str(data), target, label_sep=label_sep)
     if isinstance(data, pd.DataFrame):
-        if target is not None and not isinstance(target, (str, list, tuple)):
+        named = isinstance(target, (str, list, tuple)) or (pd.api.types.is_scalar(target) and target in data.columns)
+        if target is not None and not named:  # the labels themselves, as in fit(X, y)
             y = np.asarray(target)
             y = pd.DataFrame(y) if y.ndim == 2 else pd.Series(y, name="label")
             return Dataset(features=data.reset_index(drop=True), target=y.reset_index(drop=True))
@@ -180,6 +181,8 @@ def as_dataset(data, target=None, *, label_sep: str | None = None) -> Dataset:
     if target is None:
         raise TorchclfError("labels are required: train(X, y)")
     y = np.asarray(target)
+    if len(X) == 0:
+        raise TorchclfError("X has no rows; nothing to learn from")
     features = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
     if y.ndim == 2:
         return Dataset(features, pd.DataFrame(y, columns=[f"label_{j}" for j in range(y.shape[1])]).astype("int64"))

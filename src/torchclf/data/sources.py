@@ -55,9 +55,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if error is None:
             raise
         raise error from None
-    if frame.columns.duplicated().any():
-        dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-        raise TorchclfError(f"{path}: duplicate column names {dupes}; rename them so each is unique")
+    refuse_duplicate_columns(frame, path)
     if len(frame) == 0:
         raise TorchclfError(f"{path}: has a header but no data rows")
     return frame
@@ -281,6 +279,12 @@ def drop_nested_columns(frame: pd.DataFrame, where: str, stacklevel: int = 3) ->
     return frame.drop(columns=nested)
 
 
+def refuse_duplicate_columns(frame: pd.DataFrame, name) -> None:
+    if frame.columns.duplicated().any():
+        dupes = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise TorchclfError(f"{name}: duplicate column names {dupes}; rename them so each is unique")
+
+
 def from_frame(
     frame: pd.DataFrame,
     target: str | list[str] | None,
@@ -300,10 +304,18 @@ def from_frame(
         If given, the single target column holds labels joined by this
         separator (``"sports|music"``; empty means no label): multilabel.
     """
-    targets = [target] if isinstance(target, str) else list(target or [])
+    # One column: its name, a string or any other label a DataFrame allows (3, say); several: a list of them.
+    targets = [] if target is None else [target] if isinstance(target, str) or pd.api.types.is_scalar(target) \
+        else list(target)
+    refuse_duplicate_columns(frame, name)
+    if len(frame) == 0:
+        raise TorchclfError(f"{name}: has no rows; nothing to learn from")
     if not targets:
         cols = ", ".join(map(str, frame.columns[:30]))
         raise TorchclfError(f"{name}: no target column given; pass --target COL (columns are: {cols})")
+    # A run saves its target's name as text: "3" finds a DataFrame's column 3 again, and 3 a file's "3".
+    as_text = {str(c): c for c in frame.columns}
+    targets = [t if t in frame.columns else as_text.get(str(t), t) for t in targets]
     missing = [t for t in targets if t not in frame.columns]
     if missing:
         raise _missing_columns_error(missing, list(frame.columns), name)
@@ -356,7 +368,7 @@ def from_frame(
         target=y.reset_index(drop=True).astype("int64") if len(targets) > 1 else y.reset_index(drop=True),
         name=name,
         label_sep=label_sep,
-        target_columns=targets,
+        target_columns=[str(t) for t in targets],
     )
 
 
