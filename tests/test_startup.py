@@ -13,8 +13,10 @@ def _python(code: str, cwd) -> subprocess.CompletedProcess:
 
 
 def test_the_console_entry_runs_exit_handlers_then_leaves_with_the_status(tmp_path):
+    """Both exits run the handlers; neither listing the datasets nor a mistyped file name imports torch (the
+    name is checked first: 0.6 s to the error instead of 1.9)."""
     code = ("import atexit, sys\n"
-            "atexit.register(lambda: print('handlers ran', flush=True))\n"
+            "atexit.register(lambda: print('handlers ran; torch imported:', 'torch' in sys.modules, flush=True))\n"
             "sys.argv = ['torchclf'] + sys.argv[1:]\n"
             "from torchclf.cli import run\n"
             "run()\n"
@@ -22,11 +24,11 @@ def test_the_console_entry_runs_exit_handlers_then_leaves_with_the_status(tmp_pa
     ok = subprocess.run([sys.executable, "-c", code, "datasets"], capture_output=True, text=True, timeout=120,
                         check=False)
     assert ok.returncode == 0, ok.stderr
-    assert "circles" in ok.stdout and ok.stdout.rstrip().endswith("handlers ran")
+    assert "circles" in ok.stdout and ok.stdout.rstrip().endswith("handlers ran; torch imported: False")
     assert "never reached" not in ok.stdout
     bad = subprocess.run([sys.executable, "-c", code, "train", str(tmp_path / "absent.csv")], capture_output=True,
                          text=True, timeout=120, check=False)
-    assert bad.returncode == 2 and bad.stdout.rstrip() == "handlers ran"
+    assert bad.returncode == 2 and bad.stdout.rstrip() == "handlers ran; torch imported: False"
     assert bad.stderr == f"error: {tmp_path / 'absent.csv'}: no such file (check the path)\n"
 
 

@@ -158,8 +158,13 @@ def train(
     settings: dict = None,
 ) -> None:
     """Train a classifier, print its metrics and write a run folder."""
-    from torchclf import api, distributed
     from torchclf.errors import TorchclfError
+
+    if resume is None:
+        from torchclf.data.sources import check_source
+
+        check_source(data or "circles")  # a mistyped name fails before torch is imported
+    from torchclf import api, distributed
 
     if resume is not None:
         given = [target, label_sep, test, out, preset, *settings.values()]

@@ -435,9 +435,21 @@ def resolve_source(
             raise TorchclfError(f"{spec}: a built-in dataset's labels are not joined text; drop --label-sep, or "
                                 "give a file whose labels are")
         return Dataset(features=features, target=y, name=spec, target_columns=cols)
+    check_source(spec)
+    return load_table(spec, target, label_sep=label_sep)
+
+
+def check_source(spec: str) -> None:
+    """Raise the error :func:`resolve_source` would give for a ``DATA`` that is neither a built-in dataset
+    nor an existing path, without reading anything: the command line calls it before importing torch, so a
+    mistyped name fails in a fraction of a second."""
+    if names_builtin(spec):
+        return
     if "/" in spec or Path(spec).exists() or (":" not in spec and Path(spec).suffix):
-        # "data.xlsx" is a file name, not a dataset: report the file and its type.
-        return load_table(spec, target, label_sep=label_sep)
+        # "data.xlsx" is a file name, not a dataset: report the file (its type is checked when it is read).
+        if not Path(spec).exists():
+            raise TorchclfError(f"{spec}: no such file (check the path)")
+        return
     load_builtin(spec)  # raises the "unknown dataset" error with a suggestion
     raise AssertionError("unreachable")
 
