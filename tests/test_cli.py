@@ -1,4 +1,4 @@
-"""The command line, in-process, plus one real subprocess run."""
+"""The command line, in-process (its real processes are in test_startup.py)."""
 
 import json
 

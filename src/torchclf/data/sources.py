@@ -33,8 +33,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV file (``.csv``, or compressed: ``.csv.gz``, ``.csv.bz2``, ``.csv.xz``, ``.csv.zip``) or a
     Parquet file (``.parquet``, ``.pq``) into a DataFrame, with one-line errors."""
     path = Path(path)
-    if not path.exists():
-        raise TorchclfError(f"{path}: no such file (check the path)")
+    require_path(path)
     if shards.reads_part(path):
         # Under torchrun with TORCHCLF_SHARD_PARQUET=1 each rank reads only its row groups / files.
         return shards.read_rank_part(path)
@@ -439,6 +438,11 @@ def resolve_source(
     return load_table(spec, target, label_sep=label_sep)
 
 
+def require_path(path: Path) -> None:
+    if not path.exists():
+        raise TorchclfError(f"{path}: no such file (check the path)")
+
+
 def check_source(spec: str) -> None:
     """Raise the error :func:`resolve_source` would give for a ``DATA`` that is neither a built-in dataset
     nor an existing path, without reading anything: the command line calls it before importing torch, so a
@@ -447,8 +451,7 @@ def check_source(spec: str) -> None:
         return
     if "/" in spec or Path(spec).exists() or (":" not in spec and Path(spec).suffix):
         # "data.xlsx" is a file name, not a dataset: report the file (its type is checked when it is read).
-        if not Path(spec).exists():
-            raise TorchclfError(f"{spec}: no such file (check the path)")
+        require_path(Path(spec))
         return
     load_builtin(spec)  # raises the "unknown dataset" error with a suggestion
     raise AssertionError("unreachable")
