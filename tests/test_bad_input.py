@@ -245,6 +245,15 @@ def test_infinities(tmp_path):
            "--target", "label", "--test-size", "0", "--val-size", "0")
 
 
+def test_a_target_with_a_class_per_row_is_warned_about(tmp_path):
+    """An identifier given as --target trained 120 one-row classes without a word."""
+    path = tmp_path / "rows.csv"
+    _frame().assign(label=range(120)).to_csv(path, index=False)
+    _warns(tmp_path, path, "rows.csv: the target 'label' has 120 classes in 120 rows, so most classes have a single "
+           "row and cannot be learnt; if it is an identifier or a quantity, give the column of the labels to "
+           "predict instead", "--target", "label", "--test-size", "0", "--val-size", "0")
+
+
 def test_constant_columns(tmp_path):
     path = tmp_path / "rows.csv"
     _frame().assign(const=7, empty=np.nan).to_csv(path, index=False)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +98,17 @@ def test_train_refuses_a_regression_target_unless_told_multiclass(tmp_path, quic
 
 
 def test_integer_and_text_targets_are_never_refused():
-    check_target(pd.Series(np.arange(1000)))  # product codes may be classes
-    check_target(pd.Series([f"{v:.3f}" for v in np.linspace(0, 1, 500)]))
-    check_target(pd.DataFrame({"a": [0, 1], "b": [1, 0]}))  # multilabel
+    """Only warned about when most classes would have a single row (an identifier given as the target)."""
+    from torchclf.data.sources import DataWarning
+
+    with pytest.warns(DataWarning, match="the target has 1000 classes in 1000 rows, so most classes have a single"):
+        check_target(pd.Series(np.arange(1000)))  # product codes may be classes
+    with pytest.warns(DataWarning, match="500 classes in 500 rows"):
+        check_target(pd.Series([f"{v:.3f}" for v in np.linspace(0, 1, 500)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_target(pd.Series(np.arange(1000) % 40))  # 40 classes of 25 rows: no warning
+        check_target(pd.DataFrame({"a": [0, 1], "b": [1, 0]}))  # multilabel
 
 
 def test_hundreds_of_classes_draw_a_confusion_matrix_without_per_cell_texts(tmp_path, monkeypatch):

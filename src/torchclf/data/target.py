@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -53,6 +55,7 @@ def check_target(target, task: str = "auto", where: str = "target") -> None:
         return
     reason = regression_like(target)
     if reason is None:
+        _warn_if_mostly_single_rows(target, where)
         return
     column = f" {target.name!r}" if target.name is not None else ""
     raise TorchclfError(
@@ -60,3 +63,23 @@ def check_target(target, task: str = "auto", where: str = "target") -> None:
         "trains classifiers, so bin the values into classes first (for example with pandas.cut), or pass "
         "--task multiclass if every distinct value really is a class"
     )
+
+
+def _warn_if_mostly_single_rows(target, where: str) -> None:
+    """Warn when most classes have a single row: an identifier (or a count) given as the target by mistake.
+
+    Integers and text are never refused (product codes are classes), but with more classes than
+    ``max(20, rows // 2)`` most of them have one row, which a classifier cannot learn from.
+    """
+    if not isinstance(target, pd.Series):
+        return
+    labels = target.dropna()
+    classes = labels.nunique()
+    if classes <= max(MAX_FRACTIONAL_CLASSES, len(labels) // 2):
+        return
+    from torchclf.data.sources import DataWarning
+
+    column = f" {target.name!r}" if target.name is not None else ""
+    warnings.warn(f"{where}: the target{column} has {classes} classes in {len(labels)} rows, so most classes "
+                  "have a single row and cannot be learnt; if it is an identifier or a quantity, give the column "
+                  "of the labels to predict instead", DataWarning, stacklevel=3)
