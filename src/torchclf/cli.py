@@ -163,7 +163,8 @@ def train(
     if resume is None:
         from torchclf.data.sources import check_source
 
-        check_source(data or "circles")  # a mistyped name fails before torch is imported
+        data = data or "circles"
+        check_source(data)  # a mistyped name fails before torch is imported
     from torchclf import api, distributed
 
     if resume is not None:
@@ -175,7 +176,6 @@ def train(
         result = _interruptible(lambda: api.resume(resume, checkpoint_every=checkpoint_every, verbose=not quiet))
         data = result.data_summary.get("name", str(resume))
     else:
-        data = data or "circles"
         spec = api.RunSpec(data, list(target) if target else None, str(test) if test else None, label_sep,
                            build_config(preset, task, settings))
         out_dir = out or api.default_run_dir(spec.name)

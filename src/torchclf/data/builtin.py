@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from torchclf.config import PARAM
 from torchclf.errors import TorchclfError, closest
 
 
@@ -29,7 +30,7 @@ class BuiltinDataset:
     defaults: dict
 
 
-MAX_SEED = 2**32 - 1
+MAX_SEED = int(PARAM["seed"].high)  # the training seed's bound: NumPy's RandomState takes no more
 # Generator parameters that count something (rows, classes, columns, cells): at least one of each.
 COUNTS = ("n_samples", "points_per_class", "classes", "centers", "n_features", "n_classes", "cells")
 
@@ -234,18 +235,17 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name.strip(), overrides
 
 
-def _coerce(name: str, key: str, raw: str, default):
-    """``raw`` as the type of ``default``: a whole number (``1e3`` is) or a finite float."""
-    kind = "whole number" if isinstance(default, int) else type(default).__name__
+def _coerce(name: str, key: str, raw: str, default: int | float):
+    """``raw`` as the type of ``default`` (every generator parameter is a number): a whole number (``1e3`` is
+    one) or a finite float."""
+    whole = isinstance(default, int)
     try:
-        value = float(raw) if isinstance(default, (int, float)) else type(default)(raw)
+        value = float(raw)
     except ValueError:
-        value = None
-    if isinstance(value, float) and not (math.isfinite(value) and (value.is_integer() or isinstance(default, float))):
-        value = None
-    if value is None:
-        raise TorchclfError(f"dataset {name!r}: {key}={raw!r} is not a valid {kind}")
-    return int(value) if isinstance(default, int) else value
+        value = math.nan
+    if not math.isfinite(value) or (whole and not value.is_integer()):
+        raise TorchclfError(f"dataset {name!r}: {key}={raw!r} is not a valid {'whole number' if whole else 'float'}")
+    return int(value) if whole else value
 
 
 def is_builtin(spec: str) -> bool:
@@ -281,7 +281,7 @@ def load_builtin(spec: str):
         params[key] = _coerce(name, key, raw, params[key])
         if isinstance(params[key], (int, float)) and params[key] < 0:
             raise TorchclfError(f"dataset {name!r}: {key} must be >= 0, got {raw}")
-        if key == "seed" and params[key] > MAX_SEED:  # NumPy's RandomState takes no more
+        if key == "seed" and params[key] > MAX_SEED:
             raise TorchclfError(f"dataset {name!r}: seed must be at most {MAX_SEED} (2**32 - 1), got {raw}")
         if key in COUNTS and params[key] < 1:
             raise TorchclfError(f"dataset {name!r}: {key} must be at least 1, got {raw}")

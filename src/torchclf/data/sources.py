@@ -284,6 +284,14 @@ def refuse_duplicate_columns(frame: pd.DataFrame, name) -> None:
         raise TorchclfError(f"{name}: duplicate column names {dupes}; rename them so each is unique")
 
 
+def target_names(target) -> list:
+    """``--target`` as a list: one column is its name, a string or any other label a DataFrame allows (3, say);
+    several are a list of them; None is none."""
+    if target is None:
+        return []
+    return [target] if isinstance(target, str) or pd.api.types.is_scalar(target) else list(target)
+
+
 def from_frame(
     frame: pd.DataFrame,
     target: str | list[str] | None,
@@ -303,9 +311,7 @@ def from_frame(
         If given, the single target column holds labels joined by this
         separator (``"sports|music"``; empty means no label): multilabel.
     """
-    # One column: its name, a string or any other label a DataFrame allows (3, say); several: a list of them.
-    targets = [] if target is None else [target] if isinstance(target, str) or pd.api.types.is_scalar(target) \
-        else list(target)
+    targets = target_names(target)
     refuse_duplicate_columns(frame, name)
     if len(frame) == 0:
         raise TorchclfError(f"{name}: has no rows; nothing to learn from")
@@ -426,8 +432,8 @@ def resolve_source(
     if names_builtin(spec):
         features, y, _ = load_builtin(spec)
         cols = list(y.columns) if isinstance(y, pd.DataFrame) else [str(y.name)]
-        wanted = None if target is None else [target] if isinstance(target, str) else [str(t) for t in target]
-        if wanted is not None and wanted != cols:  # once silently ignored: the run trained on another target
+        wanted = [str(t) for t in target_names(target)]
+        if wanted and wanted != cols:  # once silently ignored: the run trained on another target
             raise TorchclfError(f"{spec}: a built-in dataset brings its own target ({', '.join(cols)}), not "
                                 f"{', '.join(wanted)}; drop --target, or give a file with that column")
         if label_sep is not None:
