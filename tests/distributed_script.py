@@ -5,6 +5,7 @@ each rank's final weights and history so the test can compare ranks with
 each other and with a single-process run.
 
 Usage: python -m torch.distributed.run ... tests/distributed_script.py MODE DUMP_DIR [OUT [CRASH_OUT]]
+(or :func:`run` with those arguments, in a process with torchrun's environment).
 
 MODE ``train`` trains normally, then, when OUT is given, runs the command line
 ``torchclf train`` with the same settings into OUT (in this process, without
@@ -159,16 +160,19 @@ def exit_like_the_command(code: int) -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def run(args: list[str]) -> int:
+    """:func:`main` on the command line's arguments; the exit status a torchrun worker would have."""
     try:
-        main(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:5])
+        main(args[0], Path(args[1]), *args[2:4])
     except SystemExit as stop:  # torchrun's SIGTERM, turned into SystemExit(143) by torchclf
-        status = stop.code if isinstance(stop.code, int) else 1
+        return stop.code if isinstance(stop.code, int) else 1
     except Exception:  # noqa: BLE001 (reported as Python reports an uncaught exception)
         import traceback
 
         traceback.print_exc()
-        status = 1
-    else:
-        status = 0
-    exit_like_the_command(status)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    exit_like_the_command(run(sys.argv[1:]))

@@ -18,8 +18,6 @@ import io
 import json
 import re
 import shlex
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -29,6 +27,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_cli
+from forked import PIPE, Forked, cli
 from starlette.testclient import TestClient
 
 from torchclf import api, engine
@@ -637,9 +636,8 @@ def test_bind_picks_a_free_loopback_port_and_refuses_remote_hosts():
 
 
 def test_the_command_prints_its_address_and_serves_the_page(tmp_path):
-    """A real process: `python -m torchclf playground` on a free loopback port."""
-    proc = subprocess.Popen([sys.executable, "-m", "torchclf", "playground", "--runs-dir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Another process: `torchclf playground` on a free loopback port."""
+    proc = Forked(cli("playground", "--runs-dir", str(tmp_path)), stdout=PIPE, stderr=PIPE)
     try:
         line = ""
         deadline = time.monotonic() + 60

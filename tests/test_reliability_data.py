@@ -9,8 +9,6 @@ exit status and the whole message.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
+from forked import PIPE, Forked, cli
 
 from torchclf import plots, preprocess
 from torchclf.data import check_target, from_frame
@@ -280,9 +279,8 @@ def test_sigterm_ends_a_rank_stuck_waiting_for_the_others_within_seconds(tmp_pat
         port = s.getsockname()[1]
     env = launch_env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                      MASTER_PORT=str(port), TORCHCLF_SHARD_PARQUET="1", TORCHCLF_DIST_TIMEOUT="120")
-    cmd = [sys.executable, "-m", "torchclf", "train", str(tmp_path / "t.parquet"), "--target", "label", *TINY,
-           "--device", "cpu", "--out", str(tmp_path / "run")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = Forked(cli("train", str(tmp_path / "t.parquet"), "--target", "label", *TINY, "--device", "cpu",
+                      "--out", str(tmp_path / "run")), stdout=PIPE, stderr=PIPE, env=env)
     try:
         # Wait until rank 0 listens for the other ranks (the store on MASTER_PORT), then stop it.
         deadline = time.monotonic() + 90

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
+from forked import PIPE, Forked
 
 from torchclf import api, artifact, checkpoint, predictor
 from torchclf.errors import TorchclfError
@@ -428,25 +429,33 @@ def test_a_deeply_nested_checkpoint_is_refused(tmp_path):
 # ----- item 16: signals while predict writes -------------------------------------------------------------
 # The command line in a process of its own, whose CSV writer writes half the rows, says so and waits:
 # a signal sent then arrives in the middle of the write.
-SLOW_WRITER = """
-import sys, time
-from torchclf import predict_file
-from torchclf.cli import main
-original = predict_file._CsvSink.write
-def half_then_wait(self, table):
-    original(self, table.slice(0, len(table) // 2))
-    self.stream.flush()
-    print("writing", file=sys.stderr, flush=True)
-    time.sleep(120)
-predict_file._CsvSink.write = half_then_wait
-sys.exit(main(sys.argv[1:]))
-"""
+def _slow_writer(*args: str):
+    """``torchclf`` with ``args``, whose CSV output writes half of the first chunk, says so and waits."""
+
+    def command() -> int:
+        import time
+
+        from torchclf import predict_file
+        from torchclf.cli import main
+
+        original = predict_file._CsvSink.write
+
+        def half_then_wait(self, table):
+            original(self, table.slice(0, len(table) // 2))
+            self.stream.flush()
+            print("writing", file=sys.stderr, flush=True)
+            time.sleep(120)
+
+        predict_file._CsvSink.write = half_then_wait
+        return main(list(args))
+
+    return command
 
 
 def _signal_while_writing(run: Path, rows: Path, out: Path, signum: int) -> tuple[int, str, int]:
     """Exit status, what the process printed after the signal, and its process id."""
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, "predict", str(run), str(rows), "--out", str(out)],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = Forked(_slow_writer("predict", str(run), str(rows), "--out", str(out)), stderr=PIPE,
+                  env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)
     reader.start()

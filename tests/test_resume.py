@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_cli
+from forked import PIPE, Forked, cli
 from safetensors.torch import load_file
 
 from torchclf import checkpoint
@@ -67,9 +68,8 @@ def reference(data) -> Path:
     return out
 
 
-def _start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "torchclf", "train", str(data), *FLAGS, "--out", str(out), *extra],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(data: Path, out: Path, *extra: str) -> Forked:
+    return Forked(cli("train", str(data), *FLAGS, "--out", str(out), *extra), env=_env(), stdout=PIPE, stderr=PIPE)
 
 
 @pytest.mark.slow
@@ -103,10 +103,8 @@ def test_sigkill_mid_training_then_resume_gives_the_same_weights(data, reference
 @pytest.mark.slow
 def test_sigkill_without_checkpoints_leaves_no_run_folder(data):
     out = data.parent / "plain"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torchclf", "train", str(data), *FLAGS[:-1], "--log-every", "1", "--out", str(out)],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = Forked(cli("train", str(data), *FLAGS[:-1], "--log-every", "1", "--out", str(out)), env=_env(),
+                  stdout=PIPE, stderr=PIPE)
     for line in proc.stderr:  # killed once training is visibly under way
         if line.startswith("Epoch"):
             break

@@ -10,7 +10,6 @@ import os
 import shlex
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from forked import DEVNULL, Forked, cli
+
 from torchclf import api
 
 optuna = pytest.importorskip("optuna")
@@ -29,16 +30,6 @@ SPACE = {"lr": {"low": 0.003, "high": 0.03, "log": True}}
 SPACE_TOML = "[space]\nlr = { low = 0.003, high = 0.03, log = true }\n"
 FLOATS, TEXTS = ("lr", "weight_decay", "dropout", "label_smoothing"), ("numeric_embedding", "scaling")
 
-# The command line in a subprocess, without the pictures (they cost seconds and are tested in-process),
-# through the console entry (which ends without Python's slow teardown of torch).
-SCRIPT = """
-import torchclf.api, torchclf.report, torchclf.tune
-torchclf.api.write_plots = lambda *a, **k: []
-torchclf.report.write_report = lambda *a, **k: None
-torchclf.tune.PICTURES = ()
-from torchclf.cli import run
-run()
-"""
 
 
 @pytest.fixture
@@ -205,8 +196,11 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHCLF_TUNE_HEARTBEAT": "1"}
 
 
-def _tune_process(*args, **popen):
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, "tune", DATA, *args], env=_env(), text=True, **popen)
+def _tune_process(*args, **streams) -> Forked:
+    """The command line in another process, forked from this one while ``no_tune_pictures`` holds (the pictures
+    cost seconds and are tested in-process)."""
+    assert sys.modules["torchclf.tune"].PICTURES == (), "fork with no_tune_pictures"
+    return Forked(cli("tune", DATA, *args), env=_env(), **streams)
 
 
 def _has_study(db: Path, name: str) -> bool:
@@ -244,7 +238,7 @@ def test_a_killed_tune_finishes_only_the_remaining_trials(tmp_path, monkeypatch,
     out = tmp_path / "killed"
     url = f"sqlite:///{out.resolve()}.optuna.db"
     args = ("--trials", "6", "--epochs", "30", "--pruner", "none", "--confirm", "0", "--out", str(out))
-    first = _tune_process(*args, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    first = _tune_process(*args, stderr=DEVNULL, stdout=DEVNULL)
     try:
         _wait_for_trial(first, url, "killed", 2, running=True)
     finally:
