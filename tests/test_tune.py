@@ -249,7 +249,8 @@ def test_a_killed_tune_finishes_only_the_remaining_trials(tmp_path, monkeypatch,
     kept = {t.number: t.params for t in before if t.state.name == "COMPLETE"}
     assert sorted(kept) == [0, 1] and [t.state.name for t in before[2:]] == ["RUNNING"]
 
-    monkeypatch.setenv("TORCHCLF_TUNE_HEARTBEAT", "1")  # as the killed process had: its trial is stale after 4 s
+    monkeypatch.setenv("TORCHCLF_TUNE_HEARTBEAT", "1")  # as the killed process had
+    monkeypatch.setattr(sys.modules["torchclf.tune"], "GRACE_BEATS", 2)  # its trial is stale after 2 s, not 4
     code, _, stderr = run_cli("tune", DATA, *args)
     assert code == 0, stderr
     lines = [line for line in stderr.splitlines() if line.startswith("trial ")]
