@@ -84,21 +84,31 @@ def test_multilabel_decode_joins_with_the_separator():
 
 
 @pytest.mark.filterwarnings("ignore:column 'x1'")
-def test_small_frames_take_the_block_path_with_identical_numbers(monkeypatch, mixed_frame):
+def test_a_large_frame_is_scaled_in_chunks_to_the_numbers_of_one_block(monkeypatch, mixed_frame):
     from torchclf import preprocess
 
     frame = mixed_frame.drop(columns="label").assign(big=np.linspace(-1e300, 1e300, len(mixed_frame)))
     frame.loc[0, "x1"] = np.inf
     pre = Preprocessor().fit(frame.iloc[:200])
-    calls = []
+    blocks = []
     original = Preprocessor._scale_block
-    monkeypatch.setattr(Preprocessor, "_scale_block", lambda self, *a: calls.append(1) or original(self, *a))
-    block_path = pre.transform(frame)
-    assert calls, "a small frame should be scaled as one block"
+    monkeypatch.setattr(Preprocessor, "_scale_block", lambda self, v, out: blocks.append(len(v)) or original(self, v, out))
+    one_block = pre.transform(frame)
+    assert blocks == [240], "a small frame is scaled as one block"
     monkeypatch.setattr(preprocess, "SMALL_FRAME_ROWS", 0)
-    column_path = pre.transform(frame)
-    assert len(calls) == 1
-    np.testing.assert_array_equal(block_path, column_path)
+    monkeypatch.setattr(preprocess, "CHUNK_ROWS", 50)
+    blocks.clear()
+    chunked = pre.transform(frame)
+    assert blocks == [50, 50, 50, 50, 40]
+    np.testing.assert_array_equal(one_block, chunked)
+    # The numbers themselves, column x2 (missing values: the median, and a flag) by hand.
+    spec = next(c for c in pre.columns if c.name == "x2")
+    j = pre.output_names.index("x2")
+    raw = frame["x2"].to_numpy()
+    z = (np.where(np.isnan(raw), spec.median, raw) - spec.mean) / spec.scale
+    z = z / np.sqrt(1 + (z / spec.clip) ** 2) if spec.clip > 0 else z
+    np.testing.assert_allclose(chunked[:, j], z.astype(np.float32), rtol=1e-6)
+    np.testing.assert_array_equal(chunked[:, j + 1], np.isnan(raw))
 
 
 def test_one_value_columns_are_found_in_one_pass_and_named():

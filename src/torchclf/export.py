@@ -230,7 +230,7 @@ def _numeric_blocks(g: _Graph, pre, numeric: list) -> list[str]:
 
 def _smooth_clip(g: _Graph, z: str, clips: list[float]) -> str:
     """z / sqrt(1 + (z / clip)^2) per column of the float64 matrix ``z`` (n, n_numeric), as
-    ``ColumnSpec.scale_values`` does.
+    ``Preprocessor._scale_block`` does.
 
     A column without clipping (clip 0) is divided by +inf instead: z / inf is 0 for the finite z
     that the Clip before leaves, so that column comes out bit for bit unchanged.

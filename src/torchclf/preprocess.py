@@ -20,6 +20,7 @@ from torchclf.data.sources import DataWarning, drop_nested_columns
 from torchclf.errors import TorchclfError
 
 SMALL_FRAME_ROWS = 4096  # up to this many rows, numeric columns are read in one block (see transform)
+CHUNK_ROWS = 8192  # rows of a larger frame's numeric columns scaled at a time (see Preprocessor._scale_columns)
 MISSING = "<missing>"
 OTHER = "<other>"
 MAX_SCALED = 1e6  # standardised inputs are clipped to +-this many standard deviations
@@ -144,17 +145,25 @@ def embeds(kept: int, distinct: int, rows: float, onehot_max: int | None, embed_
     return embed_rows is None or kept > ONEHOT_RARE_MAX or rows >= embed_rows * distinct
 
 
+def _distinct_texts(series: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Each row's index among the distinct values of ``series``, and those values as text (missing values
+    as ``MISSING``): the categories' text, for fitting and encoding alike.
+
+    The rows are hashed once; only the distinct values are made text (as ``str`` makes each row's).
+    """
+    rows, uniques = pd.factorize(series, use_na_sentinel=False)
+    return rows, [MISSING if pd.isna(value) else str(value) for value in uniques]
+
+
 def _category_counts(series: pd.Series, weight: np.ndarray | None = None) -> dict[str, float]:
     """Rows (or summed weights) per category as text, missing values counted as ``MISSING``.
 
     Values that read the same as text (``1`` and ``"1"``) are one category.
-    The rows are hashed once; only the distinct values are made text.
     """
-    codes, uniques = pd.factorize(series, use_na_sentinel=False)
-    per_value = np.bincount(codes, weights=weight, minlength=len(uniques))
+    rows, texts = _distinct_texts(series)
+    per_value = np.bincount(rows, weights=weight, minlength=len(texts))
     counts: dict[str, float] = {}
-    for value, count in zip(uniques, per_value.tolist()):
-        key = MISSING if pd.isna(value) else str(value)
+    for key, count in zip(texts, per_value.tolist()):
         counts[key] = counts.get(key, 0) + count
     return counts
 
@@ -252,21 +261,12 @@ class ColumnSpec:
             return [f"{self.name}#code"]
         return [f"{self.name}={c}" for c in self.categories] + [f"{self.name}={OTHER}"]
 
-    def scale_values(self, values: np.ndarray) -> np.ndarray:
-        """Raw numbers (missing as NaN or inf) -> the network's input for this numeric column."""
-        missing = ~np.isfinite(values)
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = (np.where(missing, self.median, values) - self.mean) / self.scale
-        # However far out a new value lies, the network's input must stay a finite float32.
-        z = np.clip(z, -MAX_SCALED, MAX_SCALED)
-        return _smooth_clip(z, self.clip) if self.clip > 0 else z
-
     def codes(self, series: pd.Series) -> np.ndarray:
         """Category codes of shape (n_samples,): the index in ``categories``, or len(categories) for <other>."""
-        strings = series.astype("object").where(series.notna(), MISSING).astype(str)
-        codes = pd.Index(self.categories).get_indexer(strings).astype(np.int64)
-        codes[codes < 0] = len(self.categories)
-        return codes
+        rows, texts = _distinct_texts(series)
+        per_value = pd.Index(self.categories).get_indexer(texts).astype(np.int64)
+        per_value[per_value < 0] = len(self.categories)
+        return per_value[rows]
 
 
 @dataclass(frozen=True)
@@ -526,24 +526,22 @@ class Preprocessor:
         numeric = self._small_numeric_block(frame, lookup)
         if numeric is not None:
             self._scale_block(numeric, out)
-        j = 0
+        else:
+            self._scale_columns(frame, lookup, out, where)
+        j, row_starts = 0, None
         for spec in self.columns:
-            if spec.kind == "numeric" and numeric is None:
-                series = frame[lookup[spec.name]]
-                values = _as_float(series)
-                self._check_numbers(spec.name, series, values, where)
-                out[:, j] = spec.scale_values(values)
-                if spec.missing_indicator:
-                    out[:, j + 1] = ~np.isfinite(values)
-            elif spec.kind == "categorical":
+            if spec.kind == "categorical":
                 codes = spec.codes(frame[lookup[spec.name]])
                 if spec.embed:
                     out[:, j] = codes  # exact in float32 below 2**24 codes
                     j += spec.width
                     continue
-                block = out[:, j : j + spec.width]
-                block[:] = 0.0
-                block[np.arange(len(frame)), codes] = 1.0
+                out[:, j : j + spec.width] = 0.0
+                # Each row's 1 through the flat index of the (C-ordered) matrix: indexing the column block with
+                # (rows, codes) pairs was 0.24 s for 3.5M rows against 0.02 s for 1M (not linear); this is 0.08.
+                if row_starts is None:
+                    row_starts = np.arange(len(frame), dtype=np.int64) * out.shape[1]
+                out.reshape(-1)[row_starts + (j + codes)] = 1.0
             j += spec.width
         return out
 
@@ -601,9 +599,36 @@ class Preprocessor:
             return None
         return sub.to_numpy(dtype="float64", na_value=np.nan)
 
+    def _scale_columns(self, frame: pd.DataFrame, lookup: dict, out: np.ndarray, where: str) -> None:
+        """The numeric columns of a large frame: each read and checked whole, then scaled into ``out``
+        ``CHUNK_ROWS`` rows at a time through :meth:`_scale_block` (the same numbers).
+
+        Scaled whole, each column made several temporaries of its full length (fresh memory, page by page)
+        and was written into the row-major ``out`` one strided column at a time, passing over all of its
+        memory once per column; a chunk's rows of every column stay in the cache instead (5,000,000 rows
+        of 32 columns: see docs/benchmarks.md).
+        """
+        columns = []
+        for spec in self.columns:
+            if spec.kind == "numeric":
+                series = frame[lookup[spec.name]]
+                values = _as_float(series)
+                self._check_numbers(spec.name, series, values, where)
+                columns.append(values)
+        if not columns:
+            return
+        n = len(frame)
+        block = np.empty((min(CHUNK_ROWS, n), len(columns)))
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, n)
+            part = block[: stop - start]
+            for k, values in enumerate(columns):
+                part[:, k] = values[start:stop]
+            self._scale_block(part, out[start:stop])
+
     def _scale_block(self, values: np.ndarray, out: np.ndarray) -> None:
-        """The numeric columns' imputation, scaling and missing flags for a whole block at once
-        (the same arithmetic as the column-by-column path, so the same numbers)."""
+        """The numeric columns' imputation (the median), scaling, smooth clipping and missing flags for a
+        block of rows (n_rows, n_numeric) at once, into those rows of ``out``."""
         specs, positions, j = [], [], 0
         for spec in self.columns:
             if spec.kind == "numeric":
@@ -614,11 +639,19 @@ class Preprocessor:
         medians, means, scales, clips = (np.array([getattr(s, a) for s in specs])
                                          for a in ("median", "mean", "scale", "clip"))
         with np.errstate(over="ignore", invalid="ignore"):
-            z = np.clip((np.where(missing, medians, values) - means) / scales, -MAX_SCALED, MAX_SCALED)
+            z = np.where(missing, medians, values)
+            z -= means
+            z /= scales
+            # However far out a new value lies, the network's input must stay a finite float32.
+            np.clip(z, -MAX_SCALED, MAX_SCALED, out=z)
         clipped = clips > 0
-        if clipped.any():
+        if clipped.all():
+            z = _smooth_clip(z, clips)
+        elif clipped.any():
             z[:, clipped] = _smooth_clip(z[:, clipped], clips[clipped])
-        out[:, positions] = z
+        # Consecutive positions (no missing flags between them) are one slice: no fancy-indexed copy.
+        consecutive = positions == list(range(positions[0], positions[0] + len(positions)))
+        out[:, slice(positions[0], positions[0] + len(positions)) if consecutive else positions] = z
         flagged = [k for k, spec in enumerate(specs) if spec.missing_indicator]
         if flagged:
             out[:, [positions[k] + 1 for k in flagged]] = missing[:, flagged]
