@@ -43,6 +43,10 @@ class Forked:
 
     def __init__(self, target: Callable[[], int | None], *, env: dict | None = None, cwd=None,
                  stdin=None, stdout=None, stderr=None):
+        if not hasattr(os, "fork"):
+            import pytest
+
+            pytest.skip("forks a process (POSIX only)")
         ends = [self._ends(stream, child_reads=(i == 0)) for i, stream in enumerate((stdin, stdout, stderr))]
         sys.stdout.flush()
         sys.stderr.flush()
@@ -75,9 +79,12 @@ class Forked:
     def _child(target, env, cwd, fds: list[int], parent_ends: list[int | None]) -> None:
         status = 1
         try:
+            # As Python sets them up in a new process: Ctrl-C raises, SIGPIPE and SIGXFSZ are ignored.
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
+            for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
+            for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(signum, signal.SIG_IGN)
             atexit._clear()
             for end in parent_ends:
                 if end is not None:
