@@ -139,14 +139,18 @@ def test_a_dataframes_column_named_by_a_number_is_the_target_and_the_saved_run_f
     np.testing.assert_array_equal(again.predictor.predict_proba(frame), result.predictor.predict_proba(frame))
 
 
-@pytest.mark.parametrize("frame, message", [
-    (pd.DataFrame([[1.0, 2.0, 0]], columns=["a", "a", "t"]), "DataFrame: duplicate column names ['a']; rename them "
-                                                            "so each is unique"),
-    (pd.DataFrame({"a": [], "t": []}), "DataFrame: has no rows; nothing to learn from"),
+@pytest.mark.parametrize("frame, target, message", [
+    (pd.DataFrame([[1.0, 2.0, 0]], columns=["a", "a", "t"]), "t",
+     "DataFrame: duplicate column names ['a']; rename them so each is unique"),
+    (pd.DataFrame({"a": [], "t": []}), "t", "DataFrame: has no rows; nothing to learn from"),
+    # A tuple target read as two columns, ["t", "y"], and only "y" was reported missing.
+    (pd.DataFrame([[1.0, 2.0, 0]], columns=pd.MultiIndex.from_tuples([("f", "a"), ("f", "b"), ("t", "y")])),
+     ("t", "y"), "DataFrame: the columns are a MultiIndex of 2 levels; give one name per column, e.g. "
+                 "frame.columns = ['_'.join(map(str, c)) for c in frame.columns]"),
 ])
-def test_a_dataframe_that_cannot_be_trained_on_is_one_message(frame, message):
+def test_a_dataframe_that_cannot_be_trained_on_is_one_message(frame, target, message):
     with pytest.raises(torchclf.TorchclfError) as caught:
-        api.train(frame, "t")
+        api.train(frame, target)
     assert str(caught.value) == message
 
 

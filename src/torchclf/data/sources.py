@@ -311,6 +311,12 @@ def from_frame(
         If given, the single target column holds labels joined by this
         separator (``"sports|music"``; empty means no label): multilabel.
     """
+    if isinstance(frame.columns, pd.MultiIndex):
+        # Columns are named by text in a run (its manifest, --target, predict's lookup); a tuple target would
+        # read as several columns.
+        raise TorchclfError(
+            f"{name}: the columns are a MultiIndex of {frame.columns.nlevels} levels; give one name per column, "
+            "e.g. frame.columns = ['_'.join(map(str, c)) for c in frame.columns]")
     targets = target_names(target)
     refuse_duplicate_columns(frame, name)
     if len(frame) == 0:
