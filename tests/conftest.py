@@ -9,19 +9,28 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import signal
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 import pytest
-import torch
 
-torch.set_num_threads(1)
+if TYPE_CHECKING:
+    import pandas as pd
 
 # A shell starts a background job (`pytest ... &`, nohup, some CI runners) with Ctrl-C ignored, and an ignored
 # signal stays ignored across fork and exec: the tests that interrupt torchclf (in this process or a child) would
 # then wait for nothing. Give this process, and through it the children, Python's usual Ctrl-C.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_configure(config):
+    """One torch thread in every process that runs tests; pytest-xdist's controller runs none and does not
+    import torch (2 s of CPU while the workers start)."""
+    if getattr(config, "workerinput", None) is None and config.getoption("numprocesses", default=None):
+        return
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):
@@ -40,6 +49,9 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    import numpy as np
+    import torch
+
     torch.manual_seed(0)
     np.random.seed(0)
 
@@ -47,6 +59,9 @@ def _seed():
 @pytest.fixture
 def mixed_frame() -> pd.DataFrame:
     """A small table with numbers, categories, missing values and string labels."""
+    import numpy as np
+    import pandas as pd
+
     rng = np.random.default_rng(0)
     n = 240
     x1 = rng.normal(size=n)
