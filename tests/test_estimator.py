@@ -37,8 +37,8 @@ from torchclf.estimator import ESTIMATOR_ONLY, _params_from_config
 
 # The checked configurations, with 5 epochs so that the checks stay fast (every outcome as with 10). CHECKED
 # is the defaults: with early_stopping="auto" the checks' tables of 100 rows or more hold out validation rows
-# and the smaller ones train on every row. HELD_OUT forces early stopping, so that every check also runs with held-out rows, down
-# to tables of 9 rows that hold out one.
+# and the smaller ones train on every row. HELD_OUT forces early stopping, so that every check also runs with
+# held-out rows, down to tables of 9 rows that hold out one.
 CHECKED = NeuralNetClassifier(max_iter=5, random_state=0)
 HELD_OUT = NeuralNetClassifier(max_iter=5, random_state=0, early_stopping=True)
 # What the recipe's defaults cannot pass, by design; each is run on a configuration that can, below.

@@ -92,7 +92,8 @@ def test_a_large_frame_is_scaled_in_chunks_to_the_numbers_of_one_block(monkeypat
     pre = Preprocessor().fit(frame.iloc[:200])
     blocks = []
     original = Preprocessor._scale_block
-    monkeypatch.setattr(Preprocessor, "_scale_block", lambda self, v, out: blocks.append(len(v)) or original(self, v, out))
+    monkeypatch.setattr(Preprocessor, "_scale_block",
+                        lambda self, v, out, plan=None: blocks.append(len(v)) or original(self, v, out, plan))
     one_block = pre.transform(frame)
     assert blocks == [240], "a small frame is scaled as one block"
     monkeypatch.setattr(preprocess, "SMALL_FRAME_ROWS", 0)

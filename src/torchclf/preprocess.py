@@ -605,8 +605,8 @@ class Preprocessor:
 
         Scaled whole, each column made several temporaries of its full length (fresh memory, page by page)
         and was written into the row-major ``out`` one strided column at a time, passing over all of its
-        memory once per column; a chunk's rows of every column stay in the cache instead (5,000,000 rows
-        of 32 columns: see docs/benchmarks.md).
+        memory once per column; a chunk's rows of every column stay in the cache instead (docs/benchmarks.md,
+        "The pipeline around the loop").
         """
         columns = []
         for spec in self.columns:
@@ -617,44 +617,52 @@ class Preprocessor:
                 columns.append(values)
         if not columns:
             return
-        n = len(frame)
+        n, plan = len(frame), self._numeric_plan()
         block = np.empty((min(CHUNK_ROWS, n), len(columns)))
         for start in range(0, n, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, n)
             part = block[: stop - start]
             for k, values in enumerate(columns):
                 part[:, k] = values[start:stop]
-            self._scale_block(part, out[start:stop])
+            self._scale_block(part, out[start:stop], plan)
 
-    def _scale_block(self, values: np.ndarray, out: np.ndarray) -> None:
-        """The numeric columns' imputation (the median), scaling, smooth clipping and missing flags for a
-        block of rows (n_rows, n_numeric) at once, into those rows of ``out``."""
+    def _numeric_plan(self) -> dict:
+        """What :meth:`_scale_block` needs of the numeric columns, worked out once per transform: their
+        medians, means, scales and clips; the encoded columns they go to (one slice when consecutive, that
+        is when no missing flag lies between them); and the flags' (numeric column, encoded column) pairs."""
         specs, positions, j = [], [], 0
         for spec in self.columns:
             if spec.kind == "numeric":
                 specs.append(spec)
                 positions.append(j)
             j += spec.width
+        plan = {a: np.array([getattr(s, a) for s in specs]) for a in ("median", "mean", "scale", "clip")}
+        consecutive = positions[-1] - positions[0] == len(positions) - 1
+        plan["columns"] = slice(positions[0], positions[-1] + 1) if consecutive else positions
+        plan["flags"] = [(k, positions[k] + 1) for k, spec in enumerate(specs) if spec.missing_indicator]
+        return plan
+
+    def _scale_block(self, values: np.ndarray, out: np.ndarray, plan: dict | None = None) -> None:
+        """The numeric columns' imputation (the median), scaling, smooth clipping and missing flags for a
+        block of rows (n_rows, n_numeric) at once, into those rows of ``out``."""
+        plan = plan or self._numeric_plan()
         missing = ~np.isfinite(values)
-        medians, means, scales, clips = (np.array([getattr(s, a) for s in specs])
-                                         for a in ("median", "mean", "scale", "clip"))
         with np.errstate(over="ignore", invalid="ignore"):
-            z = np.where(missing, medians, values)
-            z -= means
-            z /= scales
+            z = np.where(missing, plan["median"], values)
+            z -= plan["mean"]
+            z /= plan["scale"]
             # However far out a new value lies, the network's input must stay a finite float32.
             np.clip(z, -MAX_SCALED, MAX_SCALED, out=z)
+        clips = plan["clip"]
         clipped = clips > 0
         if clipped.all():
             z = _smooth_clip(z, clips)
         elif clipped.any():
             z[:, clipped] = _smooth_clip(z[:, clipped], clips[clipped])
-        # Consecutive positions (no missing flags between them) are one slice: no fancy-indexed copy.
-        consecutive = positions == list(range(positions[0], positions[0] + len(positions)))
-        out[:, slice(positions[0], positions[0] + len(positions)) if consecutive else positions] = z
-        flagged = [k for k, spec in enumerate(specs) if spec.missing_indicator]
-        if flagged:
-            out[:, [positions[k] + 1 for k in flagged]] = missing[:, flagged]
+        out[:, plan["columns"]] = z
+        if plan["flags"]:
+            numeric, encoded = zip(*plan["flags"])
+            out[:, list(encoded)] = missing[:, list(numeric)]
 
     def input_notes(self, frame: pd.DataFrame, ignore=()) -> list[str]:
         """One line per thing in new rows the model will quietly work around.
