@@ -51,6 +51,19 @@ def test_multilabel_thresholds_each_label():
     assert task.n_correct(logits, y).item() == 1  # subset accuracy
 
 
+@pytest.mark.parametrize("kind, n", [("binary", 2), ("multilabel", 3)])
+def test_a_rows_probabilities_do_not_depend_on_where_it_sits_in_its_batch(kind, n):
+    """Predicting in chunks gives the bits of predicting at once: torch's vectorised float32 sigmoid rounds
+    the elements past a tensor's last full vector differently (on AVX2 and AVX-512 CPUs)."""
+    task = Task(kind, n)
+    logits = torch.randn(1000, task.n_outputs, generator=torch.Generator().manual_seed(0)) * 3
+    whole = task.probabilities(logits)
+    assert whole.dtype == torch.float32
+    for size in (5, 16, 37):
+        assert torch.equal(torch.cat([task.probabilities(logits[i:i + size]) for i in range(0, 1000, size)]), whole)
+    torch.testing.assert_close(whole[:, -1], torch.sigmoid(logits[:, -1]))
+
+
 def test_threshold_changes_binary_labels():
     proba = torch.tensor([[0.35, 0.65]])
     assert Task("binary", 2, threshold=0.7).labels(proba).item() == 0

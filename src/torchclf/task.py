@@ -100,7 +100,10 @@ class Task:
         """
         if self.kind == "multiclass":
             return torch.softmax(logits, dim=1)
-        p = torch.sigmoid(logits)
+        # In float64 and rounded back: torch's vectorised float32 sigmoid rounds a tensor's last few elements
+        # (its tail past the last full vector) differently, so a row's probability would depend on where it
+        # sat in its batch and a file predicted in chunks would not match the whole file predicted at once.
+        p = torch.sigmoid(logits.double()).to(logits.dtype)
         return torch.cat([1.0 - p, p], dim=1) if self.kind == "binary" else p
 
     @property
