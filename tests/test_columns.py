@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
+from torchclf.config import PARAM
 from torchclf.data.columns import ColumnPlan
 from torchclf.data.sources import DataWarning
 from torchclf.errors import TorchclfError
@@ -41,8 +42,10 @@ def fitted(frame: pd.DataFrame, **kwargs) -> tuple[Preprocessor, list[str]]:
 # ----- identifiers and free text ----------------------------------------------------
 def test_an_identifier_column_is_left_out_with_one_line_saying_so():
     pre, said = fitted(people())
-    assert said == [("column 'name': 60 distinct values in 60 rows (an identifier); left out — pass --drop name "
-                     "to silence, or convert it")]
+    assert said == [("column 'name': 60 distinct values in 60 rows (an identifier); left out — to silence this, "
+                     "drop it yourself (--drop name; drop=['name'] in Python) or convert it")]
+    # The flag and the estimator's parameter the line names are the table's.
+    assert (PARAM["drop"].cli_flag, PARAM["drop"].estimator_name) == ("--drop", "drop")
     assert pre.feature_names == ["x", "color"]
     assert [c.name for c in pre.columns] == ["x", "color"]
     assert [(c.name, c.reason) for c in pre.plan.left_out] == [("name", "identifier")]
@@ -61,8 +64,9 @@ def test_whole_number_row_counters_and_named_ids_are_left_out_other_distinct_num
     })
     pre, said = fitted(frame)
     assert said == [("columns 'row' (a row number: 60 distinct whole numbers in 60 rows), 'customer_id' (an "
-                     "identifier: 60 distinct whole numbers in 60 rows); left out — pass --drop row --drop "
-                     "customer_id to silence, or convert them")]
+                     "identifier: 60 distinct whole numbers in 60 rows); left out — to silence this, drop them "
+                     "yourself (--drop row --drop customer_id; drop=['row', 'customer_id'] in Python) or convert "
+                     "them")]
     assert pre.feature_names == ["visits", "price", "weight"]
 
 
@@ -91,7 +95,8 @@ def test_free_text_is_left_out_and_codes_with_many_values_are_kept():
     assert 0.5 * n <= distinct  # the example is what it claims to be
     pre, said = fitted(frame)
     assert said == [(f"column 'review': {distinct} distinct values in {n} rows, typically 8 words (free text); "
-                     "left out — pass --drop review to silence, or convert it")]
+                     "left out — to silence this, drop it yourself (--drop review; drop=['review'] in Python) or "
+                     "convert it")]
     assert pre.feature_names == ["ticket", "x"]
 
 
@@ -292,7 +297,7 @@ def test_cli_drop_is_repeatable_and_takes_commas(table_run):
     assert plan["drop"] == ["color", "junk1", "junk2"]
     assert plan["left_out"] == [{"name": "id", "reason": "identifier"}, {"name": "name", "reason": "identifier"}]
     assert [d["name"] for d in plan["dates"]] == ["when"]
-    assert "columns 'id' (a row number: " in err and "left out — pass --drop id --drop name to silence" in err
+    assert "columns 'id' (a row number: " in err and "drop them yourself (--drop id --drop name; " in err
 
 
 def test_cli_predicts_a_date_model_from_raw_rows_and_exports_it(table_run, tmp_path):

@@ -379,13 +379,16 @@ class ColumnPlan:
             group = [(name, what, counts) for name, (why, what, counts) in found if why == reason]
             if not group:
                 continue
-            flags = " ".join(f"--drop {shlex.quote(name)}" for name, _, _ in group)
+            # Both front doors' spelling of the `drop` parameter (config.PARAM["drop"]; a test checks them).
+            names = [name for name, _, _ in group]
+            how = " ".join(f"--drop {shlex.quote(name)}" for name in names) + f"; drop={names!r} in Python"
             if len(group) == 1:
                 (name, what, counts), = group
-                text = f"column {name!r}: {counts} ({what}); left out — pass {flags} to silence, or convert it"
+                text = (f"column {name!r}: {counts} ({what}); left out — to silence this, drop it yourself "
+                        f"({how}) or convert it")
             else:
                 listed = ", ".join(f"{name!r} ({what}: {counts})" for name, what, counts in group)
-                text = f"columns {listed}; left out — pass {flags} to silence, or convert them"
+                text = f"columns {listed}; left out — to silence this, drop them yourself ({how}) or convert them"
             warnings.warn(text, DataWarning, stacklevel=5)
 
     # ----- new rows --------------------------------------------------------------
