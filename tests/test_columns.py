@@ -107,7 +107,7 @@ def test_drop_silences_and_leaves_out():
 
 
 def test_a_drop_that_is_not_a_column_or_leaves_nothing_is_one_clear_error():
-    with pytest.raises(TorchclfError, match=r"^--drop 'colour': no such column in the training rows; "
+    with pytest.raises(TorchclfError, match=r"^cannot drop 'colour': no such column in the training rows; "
                                             r"similar: 'color'$"):
         Preprocessor(drop=["colour"]).fit(people())
     with pytest.raises(TorchclfError, match=r"^training rows: every feature column is dropped or left out "
@@ -339,7 +339,7 @@ def test_serve_takes_a_date_column_as_text(table_run, backend):
 def test_cli_refuses_a_drop_that_is_no_column_or_the_target(table_run):
     folder, _, _ = table_run
     code, _, err = run_cli("train", str(folder / "table.csv"), "--target", "y", "--drop", "colour", *FAST)
-    assert code == 2 and err.strip().endswith("error: --drop 'colour': no such column in the training rows; "
+    assert code == 2 and err.strip().endswith("error: cannot drop 'colour': no such column in the training rows; "
                                               "similar: 'color'")
     code, _, err = run_cli("train", str(folder / "table.csv"), "--target", "y", "--drop", "y", *FAST)
     assert code == 2 and "error: --drop 'y': that is the target column, which is never a feature" in err

@@ -328,9 +328,13 @@ def test_constraints_accept_exactly_what_the_table_accepts(p):
         assert estimator_ok == table_ok, f"{p.name}={value!r}: table {table_ok}, estimator {estimator_ok}"
 
 
-def test_hidden_sizes_the_table_refuses_fail_in_fit():
-    with pytest.raises(TorchclfError, match="ModelConfig.hidden: got \\(4, 0\\)"):
+def test_what_the_table_refuses_fails_in_fit_named_as_the_estimator_spells_it():
+    with pytest.raises(TorchclfError, match=r"^NeuralNetClassifier\.hidden_layer_sizes: got \(4, 0\), expected "
+                                            r"positive layer sizes such as \(64, 64\)$"):
         small(hidden_layer_sizes=[4, 0]).fit([[0.0], [1.0]], [0, 1])
+    with pytest.raises(TorchclfError, match=r"^cannot drop 'x9': no such column in the training rows; similar: "
+                                            r"'x0'$"):
+        small(drop="x9").fit([[0.0], [1.0]], [0, 1])
 
 
 # Valid values of free-text table parameters, which cannot be derived from bounds or choices.

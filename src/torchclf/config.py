@@ -139,14 +139,17 @@ class Param:
             parts.append(f"{'<' if self.high_open else '<='} {_bound(self.high)}")
         return " and ".join(parts)
 
-    def expected(self) -> str:
-        """What a valid value looks like, for error messages."""
+    def expected(self, python: bool = False) -> str:
+        """What a valid value looks like, for error messages: as typed on the command line, or as a Python
+        value (``python``)."""
         if self.expected_text is not None:
             text = self.expected_text
         elif self.kind == "sizes":
-            text = "comma-separated positive layer sizes such as 64,64"
+            text = ("positive layer sizes such as (64, 64)" if python
+                    else "comma-separated positive layer sizes such as 64,64")
         elif self.kind == "names":
-            text = "column names (repeat the flag, or separate them with commas)"
+            text = ("a column name or a list of them" if python
+                    else "column names (repeat the flag, or separate them with commas)")
         elif self.choices is not None:
             text = "one of " + ", ".join(self.choices)
         elif self.kind == "bool":
@@ -165,15 +168,16 @@ class Param:
             return False
         return True
 
-    def check(self, value, owner: str | None = None):
-        """``value`` validated and normalised (ints as int, sizes as a tuple); raises naming ``owner.name``, or
-        the command-line flag without an ``owner`` (a value the user typed)."""
+    def check(self, value, owner: str | None = None, name: str | None = None):
+        """``value`` validated and normalised (ints as int, sizes as a tuple); raises naming ``owner.name``
+        (``name`` where the owner spells the parameter otherwise, as the estimator does), or the command-line
+        flag without an ``owner`` (a value the user typed)."""
 
         def bad():
             if owner is None:  # as typed: --hidden 64,0, not (64, 0)
                 shown = self.format(value) if self.kind == "sizes" else value
                 return TorchclfError(f"{self.cli_flag.split('/')[0]}: got {shown!r}, expected {self.expected()}")
-            return TorchclfError(f"{owner}.{self.name}: got {value!r}, expected {self.expected()}")
+            return TorchclfError(f"{owner}.{name or self.name}: got {value!r}, expected {self.expected(True)}")
 
         if value is None:
             if self.none is None:

@@ -420,6 +420,8 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
         for p in TABLE_PARAMS:
             if p.kind == "bool" and isinstance(values[p.name], np.bool_):
                 values[p.name] = bool(values[p.name])  # scikit-learn's "boolean" allows numpy's bool too
+        for p in TABLE_PARAMS:  # what scikit-learn's constraints leave to the table, named as this class spells it
+            p.check(values[p.name], type(self).__name__, p.estimator_name)
         values.update(
             seed=seed,
             test_size=0.0,  # the caller holds out its own test rows

@@ -264,7 +264,7 @@ class ColumnPlan:
             similar = closest(unknown[0], names)
             hint = f"similar: {', '.join(map(repr, similar))}" if similar else \
                 f"the columns are {', '.join(map(repr, names[:10]))}{' ...' if len(names) > 10 else ''}"
-            raise TorchclfError(f"--drop {unknown[0]!r}: no such column in the {where}; {hint}")
+            raise TorchclfError(f"cannot drop {unknown[0]!r}: no such column in the {where}; {hint}")
         self.columns, self.left_out, self.dates = names, [], []
         labels = dict(zip(names, frame.columns))
         said, values = [], {}  # values: date column -> its parts, worked out once while fitting
