@@ -53,6 +53,33 @@ def test_an_identifier_column_is_left_out_with_one_line_saying_so():
     assert pre.transform(people(5, seed=1).drop(columns="name")).shape == (5, pre.n_outputs)
 
 
+def test_the_warning_names_the_callers_line_whichever_door_it_came_through():
+    """However deep in torchclf a warning starts, it is attributed to the line that called into torchclf:
+    here, through a Preprocessor, ``torchclf.train`` and the estimator's ``fit`` (wrapped by scikit-learn's
+    decorators)."""
+    import torchclf
+    from torchclf import NeuralNetClassifier
+
+    frame = people(60)
+    y = pd.Series(np.where(frame["x"] > 0, "up", "down"))
+    y[3] = None  # a missing target: a warning from reading the rows, another depth
+    config = torchclf.make_config(model={"hidden": (4,)}, train={"epochs": 1, "threads": 1})
+    calls = {
+        "preprocessor": lambda: Preprocessor().fit(frame),
+        "train": lambda: torchclf.train(frame.assign(y=y), "y", config=config),
+        "estimator": lambda: NeuralNetClassifier(hidden_layer_sizes=(4,), max_iter=1, threads=1).fit(
+            frame[y.notna()], y[y.notna()]),
+    }
+    for door, call in calls.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            line = call.__code__.co_firstlineno
+            call()
+        ours = [w for w in caught if issubclass(w.category, DataWarning)]
+        assert ours, door
+        assert {(w.filename, w.lineno) for w in ours} == {(__file__, line)}, (door, [str(w.message) for w in ours])
+
+
 def test_whole_number_row_counters_and_named_ids_are_left_out_other_distinct_numbers_kept():
     rng = np.random.default_rng(3)
     frame = pd.DataFrame({

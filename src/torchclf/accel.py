@@ -17,13 +17,12 @@ import os
 import shutil
 import threading
 import time
-import warnings
 
 import torch
 from torch import nn
 
 from torchclf.config import batch_rows
-from torchclf.errors import TorchclfError
+from torchclf.errors import TorchclfError, warn
 
 # Each thread needs this many multiply-adds of a step's work: below it, OpenMP's fork/join on each of a
 # step's few dozen operations costs what the extra core gains. Measured in docs/benchmarks.md on the
@@ -313,8 +312,8 @@ class Precision:
                                     "use --precision bfloat16 (or float32)")
             self.scaler = torch.amp.GradScaler("cuda")
         if name == "bfloat16" and device.type == "cpu" and not _cpu_has_native_bfloat16():
-            warnings.warn("precision=bfloat16: this CPU has no native bfloat16 arithmetic (AMX or AVX512-BF16), "
-                          "so it is emulated and slower than float32", stacklevel=4)
+            warn("precision=bfloat16: this CPU has no native bfloat16 arithmetic (AMX or AVX512-BF16), "
+                 "so it is emulated and slower than float32")
 
     def autocast(self):
         """A context that runs the forward pass in the reduced type (or does nothing)."""

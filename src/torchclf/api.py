@@ -28,7 +28,7 @@ from torchclf.config import RunConfig, with_overrides, with_values
 from torchclf.data import Dataset, Splits, check_target, split_dataset
 from torchclf.data.memory import release_memory
 from torchclf.data.columns import check_not_target
-from torchclf.errors import TorchclfError
+from torchclf.errors import TorchclfError, warn
 from torchclf.metrics import compute_metrics
 from torchclf.model import PRESETS, build_model
 from torchclf.predictor import Predictor
@@ -595,8 +595,8 @@ def write_run(result: TrainResult, out: str | Path, *, extra_files=None) -> Path
                 except Exception as exc:  # noqa: BLE001
                     failed.append(f"report.html ({type(exc).__name__}: {exc})")
         if failed:
-            warnings.warn(f"{out}: the run is saved but {' and '.join(failed)} failed; "
-                          f"rebuild the report with `torchclf report {out}`")
+            warn(f"{out}: the run is saved but {' and '.join(failed)} failed; "
+                 f"rebuild the report with `torchclf report {out}`")
     result.run_dir = Path(out)
     return result.run_dir
 

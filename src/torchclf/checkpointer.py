@@ -11,7 +11,6 @@ import shutil
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from torchclf import distributed
 from torchclf.callbacks import Callback
 from torchclf.checkpoint import TrainingInterrupted, load, run_for, save
-from torchclf.errors import TorchclfError
+from torchclf.errors import TorchclfError, warn
 
 
 class Checkpointer(Callback):
@@ -81,8 +80,8 @@ class Checkpointer(Callback):
             self.saved_epoch = state.epoch
             used, now = payload["run"].get("threads"), torch.get_num_threads()
             if used not in (None, now):
-                warnings.warn(f"{self.resume}: the run used {used} CPU thread(s), this process {now}; the result "
-                              "may differ in the last bits from an uninterrupted run (pass the same --threads)")
+                warn(f"{self.resume}: the run used {used} CPU thread(s), this process {now}; the result "
+                     "may differ in the last bits from an uninterrupted run (pass the same --threads)")
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 

@@ -22,7 +22,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from torchclf import accel
-from torchclf.errors import TorchclfError
+from torchclf.errors import TorchclfError, warn
 
 TIMEOUT_ENV = "TORCHCLF_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 600.0
@@ -205,11 +204,8 @@ def setup(threads: int | None = None, device: str | None = None) -> bool:
         return is_distributed()
     torch.set_num_threads(accel.thread_count(threads, accel.available_cores(), launch.local_world_size))
     if threads is not None and torch.get_num_threads() < threads and launch.rank == 0:
-        warnings.warn(
-            f"threads={threads}: capped at {torch.get_num_threads()} per process "
-            f"({accel.available_cores()} cores shared by {launch.local_world_size} processes)",
-            stacklevel=2,
-        )
+        warn(f"threads={threads}: capped at {torch.get_num_threads()} per process "
+             f"({accel.available_cores()} cores shared by {launch.local_world_size} processes)")
     backend = "gloo"
     if _uses_cuda(device):
         if launch.local_world_size > torch.cuda.device_count():

@@ -1,4 +1,6 @@
-"""The one exception type that front doors turn into a one-line message."""
+"""The exception front doors turn into one line, "did you mean" hints, and warnings naming the caller's line."""
+
+import functools
 
 
 class TorchclfError(ValueError):
@@ -15,3 +17,33 @@ def closest(name: str, candidates, n: int = 3) -> list[str]:
     import difflib
 
     return difflib.get_close_matches(str(name), [str(c) for c in candidates], n=n, cutoff=0.5)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn``, attributed to the line that called into torchclf, however deep the call.
+
+    A fixed ``stacklevel`` points at the right frame from one entry point only; from another (the
+    estimator's ``fit``, ``torchclf.train``, a ``Preprocessor``) it names a line inside torchclf. The frames
+    of torchclf and of scikit-learn (whose decorators wrap the estimator's methods) are skipped.
+    """
+    import sys
+    import warnings
+
+    skipped = _package_folders()
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(skipped):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+@functools.cache
+def _package_folders() -> tuple[str, ...]:
+    import importlib.util
+    import os
+
+    folders = [os.path.dirname(os.path.abspath(__file__))]
+    spec = importlib.util.find_spec("sklearn")  # found without importing it
+    if spec is not None and spec.submodule_search_locations:
+        folders += list(spec.submodule_search_locations)
+    return tuple(os.path.join(folder, "") for folder in folders)
+

@@ -16,7 +16,6 @@ import csv
 import io
 import re
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from torchclf.errors import TorchclfError, closest
+from torchclf.errors import TorchclfError, closest, warn
 
 # A chunk holds about this many values, input columns plus output columns per row (1M: 8 MB of float64
 # input, or 10 MB of CSV text for 100 probabilities a row), so neither wide inputs nor many classes make it
@@ -507,4 +506,4 @@ class _Notes:
             if kind not in self.seen:
                 self.seen.add(kind)
                 where = self.where if whole else f"{self.where} (rows {first:,}-{last:,})"
-                warnings.warn(f"{where}: {note}", stacklevel=2)
+                warn(f"{where}: {note}")

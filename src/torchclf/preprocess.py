@@ -7,7 +7,6 @@ string, so the whole state round-trips through JSON (:meth:`to_dict`).
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +16,7 @@ from torchclf.config import ONEHOT_RARE_MAX, PARAM, SCALINGS
 from torchclf.data.columns import ColumnPlan
 from torchclf.data.columns import expect_manifest as _expect
 from torchclf.data.sources import DataWarning, drop_nested_columns
-from torchclf.errors import TorchclfError
+from torchclf.errors import TorchclfError, warn
 
 SMALL_FRAME_ROWS = 4096  # up to this many rows, numeric columns are read in one block (see transform)
 CHUNK_ROWS = 8192  # rows of a larger frame's numeric columns scaled at a time (see Preprocessor._scale_columns)
@@ -367,11 +366,10 @@ class Preprocessor:
                 constant.append(str(name))
         if constant:
             shown = ", ".join(map(repr, constant[:10])) + (" ..." if len(constant) > 10 else "")
-            warnings.warn(
+            warn(
                 f"constant column(s) {shown}: one value in every training row, so they cannot help "
                 "the model; drop them",
                 DataWarning,
-                stacklevel=2,
             )
         return self
 
@@ -388,20 +386,18 @@ class Preprocessor:
             if len(present) and parsed.notna().mean() >= self.numeric_text_ratio and parsed.notna().any():
                 stray = sorted(map(str, present[parsed.isna()].unique()))[:3]
                 if stray:
-                    warnings.warn(
+                    warn(
                         f"column {name!r}: treating as numeric; {int(parsed.isna().sum())} value(s) "
                         f"that are not numbers (e.g. {stray}) become missing",
                         DataWarning,
-                        stacklevel=3,
                     )
             else:
                 return self._fit_categorical(name, series, weight)
         values = _as_float(series)
         if np.isinf(values).any():
-            warnings.warn(
+            warn(
                 f"column {name!r}: {int(np.isinf(values).sum())} infinite value(s) treated as missing",
                 DataWarning,
-                stacklevel=3,
             )
             values = np.where(np.isinf(values), np.nan, values)
         missing = np.isnan(values)
@@ -460,11 +456,10 @@ class Preprocessor:
                          weight: np.ndarray | None = None) -> tuple[ColumnSpec, bool]:
         counts = _category_counts(series, weight)
         if len(counts) > self.max_categories:
-            warnings.warn(
+            warn(
                 f"column {name!r}: {len(counts)} distinct values; keeping the {self.max_categories} "
                 f"most frequent, the rest share {OTHER!r}",
                 DataWarning,
-                stacklevel=3,
             )
         # Sort by count, then name, so the encoding does not depend on row order.
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: self.max_categories]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from torchclf.data.sources import DataWarning
-from torchclf.errors import TorchclfError, closest
+from torchclf.errors import TorchclfError, closest, warn
 
 # Below this many rows (with a value), a column of distinct values is as likely a small sample as an
 # identifier, so nothing is left out of small tables.
@@ -389,7 +389,7 @@ class ColumnPlan:
             else:
                 listed = ", ".join(f"{name!r} ({what}: {counts})" for name, what, counts in group)
                 text = f"columns {listed}; left out — to silence this, drop them yourself ({how}) or convert them"
-            warnings.warn(text, DataWarning, stacklevel=5)
+            warn(text, DataWarning)
 
     # ----- new rows --------------------------------------------------------------
     def apply(self, frame: pd.DataFrame, where: str = "input", notes: list[str] | None = None) -> pd.DataFrame:

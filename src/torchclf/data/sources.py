@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from torchclf.data import shards
 from torchclf.data.builtin import is_builtin, load_builtin
 from torchclf.data.dataset import Dataset
 from torchclf.data.memory import release_arrow_memory
-from torchclf.errors import TorchclfError, closest
+from torchclf.errors import TorchclfError, closest, warn
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 #: A CSV file compressed as its last suffix says (``table.csv.gz``): read with the standard library's
@@ -263,18 +262,14 @@ def nested_columns(frame: pd.DataFrame) -> list:
     return found
 
 
-def drop_nested_columns(frame: pd.DataFrame, where: str, stacklevel: int = 3) -> pd.DataFrame:
+def drop_nested_columns(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     """``frame`` without its list/struct/map columns, with one warning naming them."""
     nested = nested_columns(frame)
     if not nested:
         return frame
     shown = ", ".join(repr(str(c)) for c in nested[:10]) + (" ..." if len(nested) > 10 else "")
-    warnings.warn(
-        f"{where}: column(s) {shown} hold lists or structs, not single values, so they cannot be features; "
-        "ignoring them (flatten them into columns of numbers or text to use them)",
-        DataWarning,
-        stacklevel=stacklevel,
-    )
+    warn(f"{where}: column(s) {shown} hold lists or structs, not single values, so they cannot be features; "
+         "ignoring them (flatten them into columns of numbers or text to use them)", DataWarning)
     return frame.drop(columns=nested)
 
 
@@ -372,7 +367,7 @@ def from_frame(
         dropped = int((~keep).sum())
         if dropped == len(frame):
             raise TorchclfError(f"{name}: every row's target {targets} is missing; nothing to learn from")
-        warnings.warn(f"{name}: dropped {dropped} row(s) with a missing target", DataWarning, stacklevel=2)
+        warn(f"{name}: dropped {dropped} row(s) with a missing target", DataWarning)
         features, y = features[keep], y[keep]
     return Dataset(
         features=features.reset_index(drop=True),

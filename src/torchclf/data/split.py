@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from torchclf.data.dataset import Dataset
-from torchclf.errors import TorchclfError
+from torchclf.errors import TorchclfError, warn
 
 
 @dataclass
@@ -38,12 +37,8 @@ def _can_stratify(name: str, classes: np.ndarray, n_parts: int) -> bool:
     """Whether every class has enough rows to appear in each of ``n_parts`` parts (warns once if not)."""
     counts = np.bincount(classes)
     if counts.min() < n_parts:
-        warnings.warn(
-            f"{name}: a class has only {counts.min()} row(s), too few to stratify; "
-            "splitting without stratification",
-            UserWarning,
-            stacklevel=3,
-        )
+        warn(f"{name}: a class has only {counts.min()} row(s), too few to stratify; "
+             "splitting without stratification")
         return False
     return True
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 
-from torchclf.errors import TorchclfError
+from torchclf.errors import TorchclfError, warn
 
 # A float target with non-integer values is refused as regression-like above
 # this many distinct values (fewer on small tables, see regression_like).
@@ -80,6 +78,6 @@ def _warn_if_mostly_single_rows(target, where: str) -> None:
     from torchclf.data.sources import DataWarning
 
     column = f" {target.name!r}" if target.name is not None else ""
-    warnings.warn(f"{where}: the target{column} has {classes} classes in {len(labels)} rows, so most classes "
-                  "have a single row and cannot be learnt; if it is an identifier or a quantity, give the column "
-                  "of the labels to predict instead", DataWarning, stacklevel=3)
+    warn(f"{where}: the target{column} has {classes} classes in {len(labels)} rows, so most classes "
+         "have a single row and cannot be learnt; if it is an identifier or a quantity, give the column "
+         "of the labels to predict instead", DataWarning)
