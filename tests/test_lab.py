@@ -8,7 +8,7 @@ import matplotlib.image as mpimg
 import pytest
 
 from conftest import count_axes, run_cli
-from torchclf import lab
+from torchclf import api, lab
 
 
 
@@ -87,6 +87,33 @@ def test_custom_variants_beyond_two_features_with_runs(tmp_path, monkeypatch, no
     for name in ("linear", "wide", "tanh"):
         assert (out / "runs" / name / "model.json").is_file()
         assert (out / "runs" / name / "model.safetensors").is_file()
+
+
+def test_a_warning_about_the_rows_is_given_once_not_per_variant():
+    """Every variant trains on the same rows, so what they hold (an identifier column) is said once; the
+    user's own filters still apply."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    from torchclf.data.sources import DataWarning
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "order_id": rng.permutation(120) + 5000})
+    frame["y"] = np.where(frame["x"] > 0, "a", "b")
+    variants = [lab.Variant(name, api.make_config(model={"hidden": (h,)}, train={"epochs": 2, "threads": 1}), "")
+                for name, h in (("one", 4), ("two", 8), ("three", 2))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lab.compare(frame, variants, target="y")
+    said = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(said) == 1 and said[0].startswith("column 'order_id': "), said
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", DataWarning)
+        lab.compare(frame, variants, target="y")
+    assert not [w for w in caught if issubclass(w.category, DataWarning)]
 
 
 def test_loss_maps_to_task_and_every_improvement_is_a_flag(tmp_path):

@@ -569,6 +569,31 @@ def test_a_trial_that_beats_the_defaults_is_confirmed_by_cross_validation(tmp_pa
     assert "confirming trial 0 failed (too few rows in a fold); choosing on the validation rows instead" in lines
 
 
+def test_what_the_rows_hold_is_said_once_not_for_every_training(tmp_path, no_tune_pictures):
+    """The trials, the confirmation's folds and the final run all train on the rows the study read first, so
+    a warning about them (here: an identifier column) is given once, by that first reading."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    import torchclf
+    from torchclf.data.sources import DataWarning
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=120), "z": rng.normal(size=120)})
+    frame["ticket_id"] = [f"T{i:05d}" for i in rng.permutation(120)]
+    frame["y"] = np.where(frame["x"] + 0.3 * rng.normal(size=120) > 0, "a", "b")
+    config = api.make_config(train={"epochs": 2, "seed": 5})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = torchclf.tune(frame, "y", trials=3, pruner="none", confirm=2, config=config,
+                               space={"lr": {"low": 1e-4, "high": 0.1, "log": True}}, out=tmp_path / "t")
+    said = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(said) == 1 and said[0].startswith("column 'ticket_id': "), said
+    assert result.result.predictor.preprocessor.feature_names == ["x", "z"]
+
+
 def test_the_confirmed_finalist_replaces_the_defaults_only_when_clearly_better():
     """The rule on stored cross-validated losses (nothing is trained): the finalist with the lowest of them,
     saved when more than one standard error of the per-row difference below the defaults'."""

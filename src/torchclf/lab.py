@@ -25,7 +25,7 @@ from typing import Callable
 
 from torchclf import api
 from torchclf.config import PARAMS, RunConfig, read_toml
-from torchclf.errors import TorchclfError
+from torchclf.errors import TorchclfError, warn
 
 #: The tutorial's path from a model that draws a straight line to one that bends.
 TUTORIAL_STUDY: tuple[tuple[str, str], ...] = (
@@ -204,10 +204,16 @@ def compare(
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     comparison = Comparison(rows=[])
+    said = set()  # every variant trains on the same rows: a warning about them is given once, not per variant
     for i, variant in enumerate(variants):
         if on_start is not None:
             on_start(i, variant)
-        result = api.run(api.RunSpec(data, target, None, label_sep, variant.config), verbose=verbose)
+        with warnings.catch_warnings(record=True) as caught:  # under the caller's filters, then given on
+            result = api.run(api.RunSpec(data, target, None, label_sep, variant.config), verbose=verbose)
+        for w in caught:
+            if (w.category, str(w.message)) not in said:
+                said.add((w.category, str(w.message)))
+                warn(str(w.message), w.category)
         comparison.results[variant.name] = result
     first = next(iter(comparison.results.values()))
     comparison.split = "test" if "test" in first.metrics else ("validation" if "validation" in first.metrics else "train")

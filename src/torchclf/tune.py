@@ -49,6 +49,7 @@ from typing import Any
 
 from torchclf.callbacks import Callback
 from torchclf.config import CONFIRM_FOLDS, PARAM, PARAMS, PRUNERS, RunConfig, batch_rows, read_toml, with_values
+from torchclf.data.sources import DataWarning
 from torchclf.errors import TorchclfError
 from torchclf.spec import RunSpec
 
@@ -1237,6 +1238,7 @@ def tune(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", DataWarning)  # said once, by the probe above: trials train on its rows
             heartbeat = heartbeat_seconds()
             the_study = optuna.create_study(storage=open_storage(url, heartbeat), study_name=name, direction="minimize",
                                             sampler=_trial_seeded_sampler(config.train.seed), pruner=pruner,
@@ -1270,8 +1272,10 @@ def tune(
                             "failed); allow more --trials or a longer --timeout")
     if confirm:
         pool = _joined(probe.splits.train, probe.splits.validation)
-        best, choice = confirm_trial(the_study, space, pool, rows, probe.predictor.labels, confirm, say=say,
-                                     heartbeat=heartbeat)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)  # the folds are the probe's rows, already described
+            best, choice = confirm_trial(the_study, space, pool, rows, probe.predictor.labels, confirm, say=say,
+                                         heartbeat=heartbeat)
         del pool
     else:
         best, choice = choose_trial(the_study)
@@ -1292,7 +1296,9 @@ def tune(
             f"into {out}")
     else:
         say(f"best: trial {best.number}, validation loss {best.value:.4f}; training it again into {out}")
-    tuned.result = _save_best(the_study, tuned, best_spec, out, trials, say)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # the same rows as the probe's again
+        tuned.result = _save_best(the_study, tuned, best_spec, out, trials, say)
     tuned.seconds = time.monotonic() - started
     return tuned
 
