@@ -295,3 +295,28 @@ def test_activation_functions_four_panels(tmp_path, unsaved):
     assert [ax.get_title() for ax in fig.axes] == ["relu", "sigmoid", "tanh", "softmax"]
     relu_x, relu_y = line_data(fig.axes[0])[0]
     assert relu_y == pytest.approx([max(0.0, x) for x in relu_x])
+
+
+def test_reliability_diagram_dots_grow_with_their_bins_rows(tmp_path, figures):
+    """Each series is a line through its non-empty bins, with a dot per bin whose area grows with the bin's
+    rows (a one-row bin is a small dot, not a swing of the curve); below, the rows per bin as bars."""
+    from torchclf.metrics import reliability_bins
+
+    rng = np.random.default_rng(0)
+    score = np.r_[rng.uniform(0.9, 1.0, 200), 0.35, 0.72]  # two bins of a single row each, both wrong
+    outcome = np.r_[np.ones(200), 0, 0]
+    sharper = reliability_bins(np.minimum(score * 1.02, 1.0), outcome, n_bins=10)
+    series = {"uncalibrated": reliability_bins(score, outcome, n_bins=10), "calibrated": sharper}
+    path = plots.reliability_diagram(series, tmp_path / "rel.png", title="t")
+    fig = figures["rel.png"]
+    check_png(path, fig, (5.5, 6.2), 2)
+    ax, hist = fig.axes
+    most = max(int(b["count"].max()) for b in series.values())
+    for (name, bins), line, dots in zip(series.items(), ax.get_lines()[1:], ax.collections, strict=True):
+        full = bins["count"] > 0
+        assert list(line.get_xdata()) == list(bins["confidence"][full]) and line.get_label() == name
+        np.testing.assert_array_equal(dots.get_offsets(), np.c_[bins["confidence"][full], bins["frequency"][full]])
+        np.testing.assert_allclose(dots.get_sizes(), 6 + 84 * bins["count"][full] / most)
+    sizes = ax.collections[0].get_sizes()
+    assert sizes.min() == pytest.approx(6 + 84 / most) and sizes.max() == pytest.approx(90.0)
+    assert [int(p.get_height()) for p in hist.patches[:10]] == list(series["uncalibrated"]["count"])

@@ -371,6 +371,12 @@ def activation_functions(path: Path) -> Path:
 
 
 # ----- calibration and thresholds -------------------------------------------------
+def reliability_dot_sizes(counts, most: int) -> np.ndarray:
+    """Marker areas (points squared) for bins of ``counts`` rows: 6, plus 84 in proportion to the rows, so
+    that the picture's largest bin (``most`` rows) gets 90."""
+    return 6.0 + 84.0 * np.asarray(counts, dtype=float) / max(most, 1)
+
+
 @_plain_text
 def reliability_diagram(series: dict[str, dict], path: Path, title: str = "", what: str = "predicted probability",
                         observed: str = "observed frequency") -> Path:
@@ -387,16 +393,21 @@ def reliability_diagram(series: dict[str, dict], path: Path, title: str = "", wh
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
     width = None
+    most = max((int(np.max(bins["count"], initial=0)) for bins in series.values()), default=0) or 1
     for k, (name, bins) in enumerate(series.items()):
         full = bins["count"] > 0
-        ax.plot(bins["confidence"][full], bins["frequency"][full], marker="o", markersize=4, label=name)
+        # A dot's area grows with its bin's rows, so that a bin of one or two rows, whose frequency can
+        # only be 0 or 1, reads as the small sample it is rather than as a swing of the whole curve.
+        line, = ax.plot(bins["confidence"][full], bins["frequency"][full], linewidth=1, alpha=0.6, label=name)
+        ax.scatter(bins["confidence"][full], bins["frequency"][full], s=reliability_dot_sizes(bins["count"][full], most),
+                   color=line.get_color(), zorder=3)
         n_bins = len(bins["count"])
         width = 1.0 / n_bins / max(len(series), 1)
         centers = (np.arange(n_bins) + 0.5) / n_bins
         hist.bar(centers - 0.5 / n_bins + (k + 0.5) * width, bins["count"], width=width, label=name)
     ax.set(ylabel=observed, xlim=(0, 1), ylim=(0, 1.02), title=title or "Reliability diagram")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", title="dot area: the bin's rows", title_fontsize=8)
     hist.set(xlabel=what, ylabel="rows")
     hist.grid(alpha=0.3)
     return _save(fig, path)
