@@ -237,6 +237,27 @@ def test_explain_cli(binary_run, iris_run, tmp_path):
     assert code == 0 and stdout.count("predicted:") == 3 and "true:" not in stdout
 
 
+def test_the_learning_curves_say_why_the_training_loss_can_lie_above_the_validation_loss(binary_run, tmp_path):
+    out, result = binary_run  # the defaults' smoothing (0.1) and dropout (0.2)
+    floor = result.predictor.task.smoothed_loss_floor(0.1)
+    assert parse(out / "report.html").sections["learning-curves"]["text"].endswith(
+        f"The training loss is what the network learns from: it is computed against targets smoothed by 0.1, so "
+        f"it cannot fall below {floor:.3f} (their entropy), and it is averaged over each epoch's steps with "
+        "dropout 0.2 on. The validation loss, measured after each epoch, has neither, so the training curve can "
+        "lie above it with nothing wrong.")
+    captions = {}
+    for name, smoothing, dropout in (("plain", 0.0, 0.0), ("dropout", 0.0, 0.3)):
+        config = api.make_config(model={"hidden": (8,), "dropout": dropout},
+                                 train={"epochs": 2, "label_smoothing": smoothing})
+        api.train("circles:n_samples=200", config=config, out=tmp_path / name)
+        captions[name] = parse(tmp_path / name / "report.html").sections["learning-curves"]["text"]
+    assert "training loss" not in captions["plain"]
+    assert captions["dropout"].endswith("The training loss is what the network learns from: it is averaged over "
+                                        "each epoch's steps with dropout 0.3 on. The validation loss, measured "
+                                        "after each epoch, has no dropout, so the training curve can lie above it "
+                                        "with nothing wrong.")
+
+
 def test_multilabel_report_says_what_does_not_apply(tmp_path):
     out = tmp_path / "ml"
     api.train("multilabel:n_samples=300", config=api.make_config(model={"hidden": (16,)}, train={"epochs": 5}), out=out)

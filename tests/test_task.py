@@ -64,6 +64,25 @@ def test_a_rows_probabilities_do_not_depend_on_where_it_sits_in_its_batch(kind, 
     torch.testing.assert_close(whole[:, -1], torch.sigmoid(logits[:, -1]))
 
 
+@pytest.mark.parametrize("kind, n", [("binary", 2), ("multiclass", 10), ("multilabel", 3)])
+def test_the_smoothed_loss_floor_is_the_training_loss_at_its_best(kind, n):
+    """With label smoothing e the training loss is smallest where the probabilities equal the smoothed targets,
+    and that smallest value is the floor the report quotes."""
+    task, e = Task(kind, n), 0.1
+    loss = task.loss_function(label_smoothing=e)
+    if kind == "multiclass":
+        y = task.target_tensor(np.array([3, 7]))
+        best = torch.full((2, n), e / n).scatter_(1, y[:, None], 1 - e + e / n).log()
+    else:
+        y = task.target_tensor(np.array([[1] * task.n_outputs, [0] * task.n_outputs]) if kind == "multilabel"
+                               else np.array([1, 0]))
+        best = torch.where(y == 1, 1 - e / 2, e / 2).logit()
+    floor = task.smoothed_loss_floor(e)
+    torch.testing.assert_close(task.per_sample_loss(loss, best, y), torch.full((2,), floor))
+    assert (task.per_sample_loss(loss, best * 1.5, y) > floor).all()  # sharper than the targets costs more
+    assert task.smoothed_loss_floor(0.0) == 0.0
+
+
 def test_threshold_changes_binary_labels():
     proba = torch.tensor([[0.35, 0.65]])
     assert Task("binary", 2, threshold=0.7).labels(proba).item() == 0

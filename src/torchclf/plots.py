@@ -148,7 +148,7 @@ def decision_boundary(
     for name, value in (fixed or {}).items():
         grid[name] = value
     proba = np.asarray(predict_proba(grid))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False, layout="constrained")
     cmap = plt.get_cmap("RdYlBu" if kind == "binary" else "tab10")
     for ax, (title, rows, labels) in zip(axes[0], panels):
         if kind == "binary":

@@ -215,7 +215,7 @@ def _confusion_section(metrics: dict, classes: list[str], folder: Path, tmp: Pat
     return intro + table(["", *[f"pred {c}" for c in classes]], rows) + image(png, "confusion matrix")
 
 
-def _learning_section(folder: Path, tmp: Path) -> str:
+def _learning_section(folder: Path, tmp: Path, predictor) -> str:
     from torchclf import plots
 
     png = folder / "plots" / "learning_curves.png"
@@ -224,7 +224,26 @@ def _learning_section(folder: Path, tmp: Path) -> str:
         if not history:
             return note("history.csv is missing")
         png = plots.learning_curves(history, tmp / "learning_curves.png")
-    return image(png, "learning curves")
+    return image(png, "learning curves") + _learning_caption(predictor)
+
+
+def _learning_caption(predictor) -> str:
+    """Why the training curve may lie above the validation curve: what the training loss includes."""
+    model, train = predictor.config.model, predictor.config.train
+    parts, lacks = [], []
+    if train.label_smoothing:
+        floor = predictor.task.smoothed_loss_floor(train.label_smoothing)
+        parts.append(f"it is computed against targets smoothed by {train.label_smoothing:g}, so it cannot fall "
+                     f"below {floor:.3f} (their entropy)")
+        lacks.append("smoothing")
+    if model.dropout:
+        parts.append(f"it is averaged over each epoch's steps with dropout {model.dropout:g} on")
+        lacks.append("dropout")
+    if not parts:
+        return ""
+    return note("The training loss is what the network learns from: " + ", and ".join(parts) + ". The validation "
+                f"loss, measured after each epoch, has {'neither' if len(lacks) == 2 else 'no ' + lacks[0]}, so the "
+                "training curve can lie above it with nothing wrong.")
 
 
 def _scored(predictor, rows, rows_name: str):
@@ -488,7 +507,7 @@ def build_html(folder: str | Path, predictor=None, rows=None, rows_name: str = "
             "metrics": lambda: _metrics_section(metrics, kind),
             "per-class": lambda: _per_class_section(metrics),
             "confusion-matrix": lambda: _confusion_section(metrics, classes, folder, tmp),
-            "learning-curves": lambda: _learning_section(folder, tmp),
+            "learning-curves": lambda: _learning_section(folder, tmp, predictor),
             "roc-pr": lambda: missing if rows is None else _curves_section(predictor, rows, rows_name, tmp, scored),
             "calibration": lambda: _calibration_section(predictor, metrics, rows, rows_name, tmp, scored),
             "decision-boundary": lambda: _boundary_section(predictor, rows, rows_name, folder, tmp, features, resolution),

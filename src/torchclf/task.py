@@ -8,6 +8,7 @@ the problem type.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,20 @@ class Task:
         """Loss of shape (n_samples,), averaged over labels for multilabel."""
         value = loss_fn(logits, target)
         return value.mean(dim=1) if value.dim() == 2 else value
+
+    def smoothed_loss_floor(self, label_smoothing: float) -> float:
+        """The smallest training loss that ``label_smoothing`` allows: the entropy of the smoothed targets
+        (per row for multiclass, per label for binary and multilabel), reached when the predicted
+        probabilities equal them. 0 without smoothing."""
+        e = float(label_smoothing)
+        if e <= 0:
+            return 0.0
+        if self.kind == "multiclass":
+            k = self.n_classes
+            spread = [1 - e + e / k] + [e / k] * (k - 1)
+        else:
+            spread = [1 - e / 2, e / 2]
+        return float(-sum(p * math.log(p) for p in spread if p > 0))
 
     # ----- logits -> probabilities -> labels ----------------------------------
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
