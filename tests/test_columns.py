@@ -327,6 +327,23 @@ def test_cli_drop_is_repeatable_and_takes_commas(table_run):
     assert "columns 'id' (a row number: " in err and "drop them yourself (--drop id --drop name; " in err
 
 
+def test_the_reports_data_section_says_which_columns_the_model_used_and_why_others_not(table_run):
+    import re
+
+    from torchclf.report import _data_section
+
+    folder, frame, _ = table_run
+    manifest = json.loads((folder / "run" / "model.json").read_text())
+    text = re.sub(r"<[^>]+>", " ", _data_section(manifest))
+    parts = ", ".join(manifest["preprocess"]["plan"]["dates"][0]["parts"])
+    cells = re.sub(r"\s+", " ", text)
+    assert " input columns 7 " in cells and " used by the model 2 " in cells  # id, name, x, when, junk1, color, junk2
+    assert f"Used: x, when (a date, as {len(parts.split(', '))} numbers: {parts})" in cells
+    assert "Left out (a value per row, or free text: nothing a model can learn from): id (identifier), name " \
+           "(identifier)" in cells
+    assert "Dropped as asked ( --drop ): color, junk1, junk2" in cells
+
+
 def test_cli_predicts_a_date_model_from_raw_rows_and_exports_it(table_run, tmp_path):
     import torchclf
 

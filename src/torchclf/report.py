@@ -388,10 +388,27 @@ def _data_section(manifest: dict) -> str:
     if not summary:
         return note("no data summary recorded")
     columns = summary.get("columns") or []
-    shown = ", ".join(columns[:40]) + (f" ... ({len(columns)} in all)" if len(columns) > 40 else "")
-    parts = [table(["", "value"], [["source", str(summary.get("name", "-"))], ["rows", summary.get("rows")],
-                                   ["feature columns", len(columns)]])]
-    parts.append(f"<p>Columns: <span class=\"mono\">{_e(shown)}</span></p>")
+    plan = (manifest.get("preprocess") or {}).get("plan")
+    if plan is None:  # runs from before columns could be left out: every column was a feature
+        parts = [table(["", "value"], [["source", str(summary.get("name", "-"))], ["rows", summary.get("rows")],
+                                       ["feature columns", len(columns)]])]
+        parts.append(f"<p>Columns: <span class=\"mono\">{_e(_listed(columns))}</span></p>")
+    else:
+        used = list(manifest.get("feature_names") or [])
+        dates = {d["name"]: d["parts"] for d in plan.get("dates") or []}
+        parts = [table(["", "value"], [["source", str(summary.get("name", "-"))], ["rows", summary.get("rows")],
+                                       ["input columns", len(columns)], ["used by the model", len(used)]])]
+        shown = [f"{c} (a date, as {len(dates[c])} numbers: {', '.join(dates[c])})" if c in dates else c
+                 for c in used]
+        parts.append(f"<p>Used: <span class=\"mono\">{_e(_listed(shown))}</span></p>")
+        left = [f"{d['name']} ({'free text' if d['reason'] == 'text' else d['reason']})"
+                for d in plan.get("left_out") or []]
+        if left:
+            parts.append("<p>Left out (a value per row, or free text: nothing a model can learn from): "
+                         f"<span class=\"mono\">{_e(_listed(left))}</span></p>")
+        if plan.get("drop"):
+            parts.append(f"<p>Dropped as asked (<span class=\"mono\">--drop</span>): <span class=\"mono\">"
+                         f"{_e(_listed(plan['drop']))}</span></p>")
     counts = summary.get("class_counts") or {}
     if counts:
         total = sum(counts.values()) or 1
@@ -401,6 +418,10 @@ def _data_section(manifest: dict) -> str:
     if split_rows:
         parts.append("<h3>Split</h3>" + table(["part", "rows"], [[k, v] for k, v in split_rows.items()]))
     return "".join(parts)
+
+
+def _listed(names: list[str], most: int = 40) -> str:
+    return ", ".join(names[:most]) + (f" ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def _tuning_choice(choice: dict) -> list[list]:
