@@ -55,6 +55,17 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
+def _print_whole(printer, table) -> None:
+    """Print ``table``; into a file or a pipe as wide as its cells need (a terminal's width cuts cells short
+    with "…", a file has no width to keep to), on a terminal at the terminal's width."""
+    if not printer.is_terminal:
+        from rich.measure import Measurement
+
+        needed = Measurement.get(printer, printer.options.update_width(100_000), table).maximum
+        printer.width = max(printer.width, needed)
+    printer.print(table)
+
+
 class Interrupted(Exception):
     """Ctrl-C, carried past typer (which would turn a KeyboardInterrupt into a bare exit code) to :func:`main`."""
 
@@ -138,7 +149,7 @@ def print_metrics(metrics: dict, kind: str, title: str = "Metrics") -> None:
         table.add_column(name, justify="right")
     for split, values in metrics.items():
         table.add_row(split, *[f"{values[n]:.4f}" if n in values else "-" for n in names])
-    _console().print(table)
+    _print_whole(_console(), table)
 
 
 # ----- commands --------------------------------------------------------------------
@@ -288,7 +299,7 @@ def datasets() -> None:
         table.add_column(col)
     for row in describe_builtin():
         table.add_row(*row)
-    _console().print(table)
+    _print_whole(_console(), table)
 
 
 # ----- the lab: compare, report, explain -------------------------------------------
@@ -396,9 +407,7 @@ def compare(
         row = {**row, "model": model, "optim": f"{row['optimizer']} {row['lr']:g}"}
         table.add_row(*[cell(k, row.get(k)) for k in columns])
     printer = _console()
-    if not printer.is_terminal:
-        printer.width = max(printer.width, 100)  # files and pipes: keep each variant on one line
-    printer.print(table)
+    _print_whole(printer, table)  # files and pipes: each variant on one line
     kind = next(iter(result.results.values())).predictor.task.kind
     if kind != "multilabel" and not (out_dir / "decision_boundaries.png").exists():
         typer.echo("no decision-boundary grid: the data has more than two features; pick two with --features a,b",
@@ -452,11 +461,9 @@ def explain(
     features, truth, where = rows_to_explain(predictor, data, list(target) if target else None, rows, seed)
     ex = explain_rows(predictor, features, truth)
     printer = _console()
-    if not printer.is_terminal:
-        printer.width = max(printer.width, 100)
     n = len(ex.predicted)
     printer.print(f"[bold]{run}[/]: {n} row{'s' if n != 1 else ''} of {where}")
-    printer.print(f"rule: {ex.rule}")
+    printer.print(f"rule: {ex.rule}", soft_wrap=True)
     if len(ex.logit_names) <= 2:
         # Few outputs: one line per row, inputs and every step side by side.
         frame = ex.to_frame()
@@ -465,7 +472,7 @@ def explain(
             table.add_column(str(col), justify="left" if col in ("predicted", "true") else "right")
         for values in frame.itertuples(index=False):
             table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in values])
-        printer.print(table)
+        _print_whole(printer, table)
         return
     # Many classes or labels: one small table per row, a line per class.
     for i in range(len(ex.predicted)):
