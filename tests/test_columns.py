@@ -341,7 +341,7 @@ def test_the_reports_data_section_says_which_columns_the_model_used_and_why_othe
     assert f"Used: x, when (a date, as {len(parts.split(', '))} numbers: {parts})" in cells
     assert "Left out (a value per row, or free text: nothing a model can learn from): id (identifier), name " \
            "(identifier)" in cells
-    assert "Dropped as asked ( --drop ): color, junk1, junk2" in cells
+    assert "Dropped as asked: color, junk1, junk2" in cells
 
 
 def test_cli_predicts_a_date_model_from_raw_rows_and_exports_it(table_run, tmp_path):

@@ -485,7 +485,7 @@ def explain(
             table.add_column(col, justify="right" if col in ("logit", "probability") else "left")
         for j, name in enumerate(ex.class_names):
             table.add_row(name, f"{ex.logits[i, j]:.4f}", f"{ex.probabilities[i, j]:.4f}")
-        printer.print(table)
+        _print_whole(printer, table)
         printer.print(f"predicted: {ex.predicted[i]}{truth_text}")
 
 

@@ -46,4 +46,3 @@ def _package_folders() -> tuple[str, ...]:
     if spec is not None and spec.submodule_search_locations:
         folders += list(spec.submodule_search_locations)
     return tuple(os.path.join(folder, "") for folder in folders)
-

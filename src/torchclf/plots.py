@@ -399,8 +399,8 @@ def reliability_diagram(series: dict[str, dict], path: Path, title: str = "", wh
         # A dot's area grows with its bin's rows, so that a bin of one or two rows, whose frequency can
         # only be 0 or 1, reads as the small sample it is rather than as a swing of the whole curve.
         line, = ax.plot(bins["confidence"][full], bins["frequency"][full], linewidth=1, alpha=0.6, label=name)
-        ax.scatter(bins["confidence"][full], bins["frequency"][full], s=reliability_dot_sizes(bins["count"][full], most),
-                   color=line.get_color(), zorder=3)
+        ax.scatter(bins["confidence"][full], bins["frequency"][full], color=line.get_color(), zorder=3,
+                   s=reliability_dot_sizes(bins["count"][full], most))
         n_bins = len(bins["count"])
         width = 1.0 / n_bins / max(len(series), 1)
         centers = (np.arange(n_bins) + 0.5) / n_bins

@@ -407,8 +407,7 @@ def _data_section(manifest: dict) -> str:
             parts.append("<p>Left out (a value per row, or free text: nothing a model can learn from): "
                          f"<span class=\"mono\">{_e(_listed(left))}</span></p>")
         if plan.get("drop"):
-            parts.append(f"<p>Dropped as asked (<span class=\"mono\">--drop</span>): <span class=\"mono\">"
-                         f"{_e(_listed(plan['drop']))}</span></p>")
+            parts.append(f"<p>Dropped as asked: <span class=\"mono\">{_e(_listed(plan['drop']))}</span></p>")
     counts = summary.get("class_counts") or {}
     if counts:
         total = sum(counts.values()) or 1
