@@ -186,6 +186,8 @@ def test_explain_into_a_file_or_pipe_writes_every_cell_whole(tmp_path, no_pictur
     code, out, err = run_cli("explain", str(tmp_path / "run"), str(tmp_path / "rows.csv"), "--rows", "3")
     assert code == 0, err
     assert "…" not in out
+    head, rule = out.splitlines()[:2]  # the header and the rule each on one line, however long the paths
+    assert head.startswith(f"{tmp_path / 'run'}: 3 rows of {tmp_path / 'rows.csv'}") and rule.startswith("rule: ")
     explained = rows_to_explain(torchclf.load(tmp_path / "run"), str(tmp_path / "rows.csv"), n=3)[0]
     for column in frame.columns[:2]:
         assert column in out

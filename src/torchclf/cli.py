@@ -462,7 +462,7 @@ def explain(
     ex = explain_rows(predictor, features, truth)
     printer = _console()
     n = len(ex.predicted)
-    printer.print(f"[bold]{run}[/]: {n} row{'s' if n != 1 else ''} of {where}")
+    printer.print(f"[bold]{run}[/]: {n} row{'s' if n != 1 else ''} of {where}", soft_wrap=True)
     printer.print(f"rule: {ex.rule}", soft_wrap=True)
     if len(ex.logit_names) <= 2:
         # Few outputs: one line per row, inputs and every step side by side.
@@ -486,7 +486,7 @@ def explain(
         for j, name in enumerate(ex.class_names):
             table.add_row(name, f"{ex.logits[i, j]:.4f}", f"{ex.probabilities[i, j]:.4f}")
         _print_whole(printer, table)
-        printer.print(f"predicted: {ex.predicted[i]}{truth_text}")
+        printer.print(f"predicted: {ex.predicted[i]}{truth_text}", soft_wrap=True)
 
 
 @app.command()
