@@ -386,7 +386,8 @@ def compare(
     result = lab.compare(
         data, variants, out_dir, target=target or None, label_sep=label_sep, features=parse_features(features),
         resolution=resolution, save_runs=runs, verbose=not quiet,
-        on_start=lambda i, v: console.print(f"[bold]variant {i + 1}/{len(variants)}: {v.name}[/] {v.flags}"),
+        on_start=lambda i, v: console.print(f"[bold]variant {i + 1}/{len(variants)}: {v.name}[/] {v.flags}",
+                                            soft_wrap=True),
     )
     split = result.split
     table = Table(title=f"{data}: same split and seed; {split} metrics (all in metrics.csv)", box=box.SIMPLE_HEAD, pad_edge=False)
