@@ -11,8 +11,6 @@ from conftest import count_axes, run_cli
 from torchclf import api, lab
 
 
-
-
 def _not_blank(path, min_w=400, min_h=200):
     img = mpimg.imread(path)
     assert img.shape[1] >= min_w and img.shape[0] >= min_h, img.shape

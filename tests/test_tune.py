@@ -591,6 +591,7 @@ def test_what_the_rows_hold_is_said_once_not_for_every_training(tmp_path, no_tun
                                space={"lr": {"low": 1e-4, "high": 0.1, "log": True}}, out=tmp_path / "t")
     said = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     assert len(said) == 1 and said[0].startswith("column 'ticket_id': "), said
+    assert "cross_validated" in result.choice  # the confirmation's folds trained on those rows too
     assert result.result.predictor.preprocessor.feature_names == ["x", "z"]
 
 
