@@ -335,6 +335,8 @@ def test_what_the_table_refuses_fails_in_fit_named_as_the_estimator_spells_it():
     with pytest.raises(TorchclfError, match=r"^cannot drop 'x9': no such column in the training rows; similar: "
                                             r"'x0'$"):
         small(drop="x9").fit([[0.0], [1.0]], [0, 1])
+    with pytest.raises(TorchclfError, match=r"^NeuralNetClassifier\.threshold: got 'nope', expected f1, "):
+        small(threshold="nope").fit([[0.0], [1.0]], [0, 1])
 
 
 # Valid values of free-text table parameters, which cannot be derived from bounds or choices.

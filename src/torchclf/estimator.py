@@ -422,6 +422,10 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
                 values[p.name] = bool(values[p.name])  # scikit-learn's "boolean" allows numpy's bool too
         for p in TABLE_PARAMS:  # what scikit-learn's constraints leave to the table, named as this class spells it
             p.check(values[p.name], type(self).__name__, p.estimator_name)
+        if values["threshold"] is not None:  # and the train section's own rule for it
+            from torchclf.calibration import parse_objective
+
+            parse_objective(values["threshold"], f"{type(self).__name__}.threshold")
         values.update(
             seed=seed,
             test_size=0.0,  # the caller holds out its own test rows
