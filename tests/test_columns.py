@@ -55,8 +55,10 @@ def test_an_identifier_column_is_left_out_with_one_line_saying_so():
 
 def test_the_warning_names_the_callers_line_whichever_door_it_came_through():
     """However deep in torchclf a warning starts, it is attributed to the line that called into torchclf:
-    here, through a Preprocessor, ``torchclf.train`` and the estimator's ``fit`` (wrapped by scikit-learn's
-    decorators)."""
+    here, through a Preprocessor, ``torchclf.train``, the estimator's ``fit`` (wrapped by scikit-learn's
+    decorators) and ``cross_val_score`` (which calls ``fit`` through joblib)."""
+    from sklearn.model_selection import cross_val_score
+
     import torchclf
     from torchclf import NeuralNetClassifier
 
@@ -69,6 +71,9 @@ def test_the_warning_names_the_callers_line_whichever_door_it_came_through():
         "train": lambda: torchclf.train(frame.assign(y=y), "y", config=config),
         "estimator": lambda: NeuralNetClassifier(hidden_layer_sizes=(4,), max_iter=1, threads=1).fit(
             frame[y.notna()], y[y.notna()]),
+        "cross_val_score": lambda: cross_val_score(
+            NeuralNetClassifier(hidden_layer_sizes=(4,), max_iter=1, threads=1), people(120), np.repeat(["a", "b"], 60),
+            cv=2),
     }
     for door, call in calls.items():
         with warnings.catch_warnings(record=True) as caught:

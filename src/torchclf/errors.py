@@ -24,7 +24,8 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
 
     A fixed ``stacklevel`` points at the right frame from one entry point only; from another (the
     estimator's ``fit``, ``torchclf.train``, a ``Preprocessor``) it names a line inside torchclf. The frames
-    of torchclf and of scikit-learn (whose decorators wrap the estimator's methods) are skipped.
+    of torchclf, of scikit-learn (whose decorators wrap the estimator's methods) and of joblib (through which
+    ``cross_val_score`` and the searches call ``fit``) are skipped.
     """
     import sys
     import warnings
@@ -42,7 +43,8 @@ def _package_folders() -> tuple[str, ...]:
     import os
 
     folders = [os.path.dirname(os.path.abspath(__file__))]
-    spec = importlib.util.find_spec("sklearn")  # found without importing it
-    if spec is not None and spec.submodule_search_locations:
-        folders += list(spec.submodule_search_locations)
+    for package in ("sklearn", "joblib"):  # found without importing them
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            folders += list(spec.submodule_search_locations)
     return tuple(os.path.join(folder, "") for folder in folders)
