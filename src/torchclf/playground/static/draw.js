@@ -182,7 +182,8 @@ const Draw = (() => {
     const m = { left: 40, right: 10, top: 14, bottom: 28 };
     const a = { x: m.left, y: m.top, w: w - m.left - m.right, h: h - m.top - m.bottom };
     const values = rows.flatMap((r) => [r[column], r[column + 2]]).filter((v) => v !== null && Number.isFinite(v));
-    const lo = 0, hi = fixedTop !== null ? fixedTop : Math.max(1e-6, ...values, 0);
+    // Before the first epoch there is nothing to scale to: a 0 to 1 axis rather than one of 1e-6.
+    const lo = 0, hi = fixedTop !== null ? fixedTop : values.length ? Math.max(1e-6, ...values) : 1;
     const first = rows.length ? Math.max(0, rows[0][0] - 1) : 0, last = rows.length ? rows[rows.length - 1][0] : 1;
     const xt = ticks(first, Math.max(last, first + 1), Math.max(2, Math.floor(a.w / 60))).filter((v) => Number.isInteger(v));
     const yt = ticks(lo, hi, 3);
