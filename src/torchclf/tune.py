@@ -1270,34 +1270,32 @@ def tune(
     if not counts["complete"]:
         raise TorchclfError(f"study {name!r}: no trial completed ({counts['pruned']} pruned, {counts['fail']} "
                             "failed); allow more --trials or a longer --timeout")
-    if confirm:
-        pool = _joined(probe.splits.train, probe.splits.validation)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DataWarning)  # the folds are the probe's rows, already described
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # the folds and the final run train on the probe's rows too
+        if confirm:
+            pool = _joined(probe.splits.train, probe.splits.validation)
             best, choice = confirm_trial(the_study, space, pool, rows, probe.predictor.labels, confirm, say=say,
                                          heartbeat=heartbeat)
-        del pool
-    else:
-        best, choice = choose_trial(the_study)
-    del probe
-    settings = space.settings(best.params)
-    best_config = with_values(config, settings)
-    best_spec = spec.with_config(best_config)
-    command = _train_command(spec, best_config)
-    tuned = TuneResult(the_study, shown_url(url), best.number, best.value, dict(best.params),
-                       {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}, command, counts,
-                       0.0, run_dir=out, choice=choice)
-    if "cross_validated" in choice:
-        say(f"training trial {best.number} again into {out}")
-    elif best.number != choice["best_trial"]:
-        say(f"best: trial {choice['best_trial']}, validation loss {choice['best_value']:.4f}, only "
-            f"{-choice['difference']:.4f} below the defaults' {best.value:.4f} (standard error "
-            f"{choice['standard_error']:.4f}); keeping the defaults, trial {best.number}; training it again "
-            f"into {out}")
-    else:
-        say(f"best: trial {best.number}, validation loss {best.value:.4f}; training it again into {out}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)  # the same rows as the probe's again
+            del pool
+        else:
+            best, choice = choose_trial(the_study)
+        del probe
+        settings = space.settings(best.params)
+        best_config = with_values(config, settings)
+        best_spec = spec.with_config(best_config)
+        command = _train_command(spec, best_config)
+        tuned = TuneResult(the_study, shown_url(url), best.number, best.value, dict(best.params),
+                           {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}, command, counts,
+                           0.0, run_dir=out, choice=choice)
+        if "cross_validated" in choice:
+            say(f"training trial {best.number} again into {out}")
+        elif best.number != choice["best_trial"]:
+            say(f"best: trial {choice['best_trial']}, validation loss {choice['best_value']:.4f}, only "
+                f"{-choice['difference']:.4f} below the defaults' {best.value:.4f} (standard error "
+                f"{choice['standard_error']:.4f}); keeping the defaults, trial {best.number}; training it again "
+                f"into {out}")
+        else:
+            say(f"best: trial {best.number}, validation loss {best.value:.4f}; training it again into {out}")
         tuned.result = _save_best(the_study, tuned, best_spec, out, trials, say)
     tuned.seconds = time.monotonic() - started
     return tuned
