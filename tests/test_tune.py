@@ -214,8 +214,16 @@ def _has_study(db: Path, name: str) -> bool:
             return False
 
 
+def _beating(db: Path, trial_id: int) -> bool:
+    """Whether Optuna's heartbeat thread has recorded trial ``trial_id`` (its own table: read only here)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+        return con.execute("SELECT 1 FROM trial_heartbeats WHERE trial_id = ?", (trial_id,)).fetchone() is not None
+
+
 def _wait_for_trial(process, url: str, name: str, number: int, running: bool) -> None:
-    """Wait until the study ``name`` has a trial ``number`` that drew its parameters (and still runs, if ``running``).
+    """Wait until the study ``name`` has a trial ``number`` that drew its parameters (and, if ``running``, still
+    runs and has a heartbeat: a trial killed between drawing its parameters and its first heartbeat is the one
+    case tune cannot yet tell from a live one, see docs/tune.md, "Resuming, parallel workers, and the database").
 
     Fails when ``process``, the tune filling the study, ends first.
     """
@@ -227,7 +235,8 @@ def _wait_for_trial(process, url: str, name: str, number: int, running: bool) ->
         if study is None and _has_study(db, name):
             study = _study(url, name)
         trials = study.get_trials() if study is not None else []
-        if len(trials) > number and trials[number].params and (trials[number].state.name == "RUNNING" or not running):
+        if len(trials) > number and trials[number].params and (not running or (
+                trials[number].state.name == "RUNNING" and _beating(db, trials[number]._trial_id))):
             return
         time.sleep(0.05)
 
