@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from forked import DEVNULL, Forked, cli
+from forked import DEVNULL, PIPE, Forked, cli
 
 from torchclf import api
 
@@ -222,8 +223,7 @@ def _beating(db: Path, trial_id: int) -> bool:
 
 def _wait_for_trial(process, url: str, name: str, number: int, running: bool) -> None:
     """Wait until the study ``name`` has a trial ``number`` that drew its parameters (and, if ``running``, still
-    runs and has a heartbeat: a trial killed between drawing its parameters and its first heartbeat is the one
-    case tune cannot yet tell from a live one, see docs/tune.md, "Resuming, parallel workers, and the database").
+    runs and has a heartbeat: the test below covers a trial killed before its first heartbeat).
 
     Fails when ``process``, the tune filling the study, ends first.
     """
@@ -270,6 +270,51 @@ def test_a_killed_tune_finishes_only_the_remaining_trials(tmp_path, monkeypatch,
     assert {t.number: t.params for t in study.get_trials() if t.number in kept} == kept
     assert study.trials[2].state.name == "FAIL"  # the killed trial, failed once its heartbeat stopped
     assert json.loads((out / "model.json").read_text())["extra"]["tune"]["counts"]["complete"] == 6
+
+
+@pytest.mark.slow
+def test_a_tune_killed_before_optunas_first_heartbeat_is_resumed(tmp_path, no_tune_pictures):
+    """The window Optuna leaves: its heartbeat thread records a trial's first beat while the trial already runs,
+    so a worker can die with a trial that drew parameters and never beat. Here the thread never beats (as if
+    every kill came first) and the worker dies (``os._exit``, no clean-up) once its third trial has drawn its
+    first parameter; the same command then fails that trial when its heartbeat goes stale and runs the rest,
+    instead of waiting for it without end."""
+    out = tmp_path / "window"
+    url = f"sqlite:///{out.resolve()}.optuna.db"
+    args = ("--trials", "4", "--epochs", "10", "--pruner", "none", "--confirm", "0", "--out", str(out))
+
+    def dies_in_trial_2():
+        import optuna.study._optimize
+
+        tune = sys.modules["torchclf.tune"]
+        optuna.study._optimize.get_heartbeat_thread = lambda *a: contextlib.nullcontext()
+        suggest = tune.Dimension.suggest
+
+        def then_die(self, trial):
+            value = suggest(self, trial)
+            if trial.number == 2:
+                os._exit(9)
+            return value
+
+        tune.Dimension.suggest = then_die
+        return cli("tune", DATA, *args)()
+
+    first = Forked(dies_in_trial_2, env=_env())
+    assert first.wait(300) == 9
+    before = _study(url, "window").get_trials()
+    assert [t.state.name for t in before] == ["COMPLETE", "COMPLETE", "RUNNING"] and before[2].params
+
+    again = Forked(cli("tune", DATA, *args), env=_env(), stderr=PIPE)
+    try:
+        _, stderr = again.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        again.kill()
+        again.wait(30)
+        pytest.fail("the same command did not finish in 120 s: it waited for the dead worker's trial")
+    assert again.returncode == 0, stderr
+    assert "continuing with 2 complete and 0 pruned trial(s) of 4" in stderr
+    study = _study(url, "window")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
 
 
 @pytest.mark.slow

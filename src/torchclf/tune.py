@@ -1240,7 +1240,8 @@ def tune(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.simplefilter("ignore", DataWarning)  # said once, by the probe above: trials train on its rows
             heartbeat = heartbeat_seconds()
-            the_study = optuna.create_study(storage=open_storage(url, heartbeat), study_name=name, direction="minimize",
+            storage = open_storage(url, heartbeat)
+            the_study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
                                             sampler=_trial_seeded_sampler(config.train.seed), pruner=pruner,
                                             load_if_exists=True)
             _same_study(the_study, record, f"study {name!r} in {shown_url(url)}")
@@ -1259,7 +1260,7 @@ def tune(
                     + ", ".join(f"{d.name} {d.describe()}" for d in space.dimensions))
             # The clock starts with the search: reading the data and opening the study are not trial time.
             _optimize(the_study, space, rows, trials, None if timeout is None else time.monotonic() + timeout, say,
-                      grace=heartbeat * GRACE_BEATS, next_ask=next_ask, prepared=probe)
+                      grace=heartbeat * GRACE_BEATS, next_ask=next_ask, prepared=probe, storage=storage)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"study {name!r} in {shown_url(url)} keeps every finished trial; run the same "
                                 "command to continue") from None
@@ -1302,13 +1303,13 @@ def tune(
 
 
 def _optimize(study, space: SearchSpace, rows: RunSpec, n: int, deadline: float | None, say, grace: float,
-              next_ask, prepared=None) -> None:
+              next_ask, prepared=None, storage=None) -> None:
     """Run trials until the study holds ``n`` complete or pruned ones (any process's) or the deadline passes.
 
     ``grace``: seconds after which a running trial without a heartbeat belongs to a dead worker;
     ``next_ask``: when to ask the pruner (see :func:`make_pruner`); ``prepared``: ``rows`` already
     prepared (``api.prepare``), whose split and fitted preprocessing the trials with the same data
-    settings reuse.
+    settings reuse; ``storage``: the study's database storage with heartbeats (see :func:`_first_beat`).
     """
     optuna = _optuna()
     import numpy as np
@@ -1329,6 +1330,7 @@ def _optimize(study, space: SearchSpace, rows: RunSpec, n: int, deadline: float 
         if len(ahead) >= n:
             trial.set_user_attr("error", "surplus: the study already had its trials")
             raise _Surplus()
+        _first_beat(storage, study, trial)
         params = {d.name: d.suggest(trial) for d in space.dimensions}
         pruning = Pruning(trial, next_ask)
         losses = None
@@ -1378,11 +1380,26 @@ def _optimize(study, space: SearchSpace, rows: RunSpec, n: int, deadline: float 
                        gc_after_trial=False)
 
 
+def _first_beat(storage, study, trial) -> None:
+    """Record the trial's first heartbeat before it draws its parameters.
+
+    Optuna's heartbeat thread records its first beat while the trial already
+    runs, so a worker killed in between left a trial with parameters and no
+    heartbeat: Optuna's check never saw it go stale, :func:`_fail_unstarted`
+    skips trials with parameters, and a resumed tune waited for it forever.
+    With this beat, a trial that drew parameters always has a heartbeat.
+    """
+    if storage is None or not hasattr(storage, "record_heartbeat"):
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+
+
 def _fail_unstarted(study, grace: float) -> None:
     """Fail running trials that drew no parameters within ``grace`` seconds.
 
     A live worker draws them a moment after asking for the trial; one killed
-    in that moment, before its first heartbeat, leaves a trial that Optuna's
+    in that moment, before :func:`_first_beat`, leaves a trial that Optuna's
     heartbeat check never sees as stale, and that would hold its place forever.
     """
     optuna = _optuna()
